@@ -1,0 +1,114 @@
+"""The attack contract shared by every attack.
+
+An attack is a frozen (hashable) dataclass built by a factory from its hyperparameters::
+
+    attack = advjax.attacks.pgd(eps=0.3, step_size=0.01, steps=40)
+    x_adv = attack(model_fn, variables, x, y, key)            # [B, H, W, C]
+    result = attack.run(model_fn, variables, x, y, key)       # AttackResult(x_adv, loss, success)
+
+``model_fn(variables, x) -> logits`` runs the model in inference mode on NHWC images in [0, 1].
+Attacks are pure: jit them with ``model_fn`` static (``jax.jit(attack, static_argnums=0)``), vmap
+them over the batch, or over ensemble members by stacking ``variables`` on a leading axis.
+``key`` is one PRNG key for the batch or one key per example (``[B]``); per-example keys make the
+result for an example independent of the batch (and device shard) it sits in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ModelFn = Callable[[Any, jax.Array], jax.Array]
+
+
+class AttackResult(NamedTuple):
+    """Auxiliary output of ``Attack.run`` (a pytree).
+
+    Fields: ``x_adv`` (adversarial batch), ``loss`` (per-example objective the attack maximises, at
+    ``x_adv``: the loss, or its negation for targeted attacks),
+    ``success`` (per-example bool: misclassified, or classified as the target when targeted; all
+    False when the target is not a label vector, e.g. reference logits).
+    """
+
+    x_adv: jax.Array
+    loss: jax.Array
+    success: jax.Array
+
+
+def check_nonnegative(**values: float) -> None:
+    for name, value in values.items():
+        if value is None or not value >= 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def check_images(x: jax.Array) -> None:
+    """Static NHWC check always; value-range check when ``x`` is concrete (not under jit)."""
+    if x.ndim != 4:
+        raise ValueError(
+            f"expected images of shape [batch, height, width, channels] (NHWC), got shape {x.shape}"
+        )
+    if x.shape[1] in (1, 3) and x.shape[3] not in (1, 3):
+        raise ValueError(
+            f"images of shape {x.shape} look like NCHW; advjax expects NHWC: "
+            "use jnp.transpose(x, (0, 2, 3, 1))"
+        )
+    if not isinstance(x, jax.core.Tracer):
+        lo, hi = float(np.min(x)), float(np.max(x))
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                f"images must lie in [0, 1] (normalisation belongs inside the model), "
+                f"got values in [{lo:.4g}, {hi:.4g}]"
+            )
+
+
+def split_keys(key: jax.Array, num: int) -> jax.Array:
+    """Splits a key (``[]``) or per-example keys (``[B]``) into ``num`` independent sets.
+
+    Returns ``[num]`` or ``[num, B]`` keys.
+    """
+    if key.ndim == 0:
+        return jax.random.split(key, num)
+    return jax.vmap(lambda k: jax.random.split(k, num), out_axes=1)(key)
+
+
+def is_label_vector(y: Any) -> bool:
+    return isinstance(y, jax.Array | np.ndarray) and y.ndim == 1 and jnp.issubdtype(
+        y.dtype, jnp.integer
+    )
+
+
+def success(logits: jax.Array, y: Any, targeted: bool) -> jax.Array:
+    """Per-example attack success: misclassified, or predicted as the target when targeted."""
+    if isinstance(y, tuple):  # (labels, targets), as taken by the targeted DLR loss
+        return jnp.argmax(logits, axis=-1) == y[1]
+    if not is_label_vector(y):
+        return jnp.zeros(logits.shape[0], dtype=bool)
+    pred = jnp.argmax(logits, axis=-1)
+    return pred == y if targeted else pred != y
+
+
+def better(
+    new_success: jax.Array, new_score: jax.Array, best_success: jax.Array, best_score: jax.Array
+) -> jax.Array:
+    """Lexicographic per-example comparison: success first, then a higher attack score."""
+    return (new_success & ~best_success) | ((new_success == best_success) & (new_score > best_score))
+
+
+@dataclasses.dataclass(frozen=True)
+class Attack:
+    """Base class: subclasses implement ``run``; calling the attack returns ``x_adv`` only."""
+
+    def run(
+        self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
+    ) -> AttackResult:
+        raise NotImplementedError
+
+    def __call__(
+        self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
+    ) -> jax.Array:
+        return self.run(model_fn, variables, x, y, key).x_adv

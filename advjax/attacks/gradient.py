@@ -1,0 +1,225 @@
+"""First-order attacks: one projected steepest-ascent loop, several named presets.
+
+The loop (Madry et al. 2018, eq. 2.1; with momentum, Dong et al. 2018)::
+
+    x_0 = init(x)  (random point of the ball, or x itself)
+    g_t = mu * g_{t-1} + grad_t / ||grad_t||_1   (mu = 0: plain gradient)
+    x_{t+1} = Proj_{B(x, eps) ∩ [0,1]}(x_t + alpha * direction(g_t))
+
+with ``grad_t`` the gradient of ``±loss(model(x_t), y)`` (minus when targeted). With
+``keep_best`` the per-example best iterate (success first, then loss) is returned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from advjax import losses
+from advjax.attacks.base import (
+    Attack,
+    AttackResult,
+    ModelFn,
+    better,
+    check_images,
+    check_nonnegative,
+    success,
+)
+from advjax.threats import LpBall
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientAttack(Attack):
+    """Projected steepest ascent on a per-example loss (PGD, FGSM, BIM, MI-FGSM, ...).
+
+    Attributes:
+      threat: the perturbation set (``LpBall``).
+      step_size: ``alpha``, in units of the threat model's norm.
+      steps: number of ascent steps.
+      loss: a name from ``advjax.losses.LOSSES`` or a callable ``(logits, y) -> [B]``.
+      targeted: minimise the loss towards ``y`` (the targets) instead of maximising it.
+      random_init: start from a random point of the ball instead of ``x``.
+      momentum: ``mu`` of MI-FGSM (0 disables momentum).
+      keep_best: return the best iterate per example instead of the last one.
+      unroll: ``lax.scan`` unroll factor of the step loop (``True`` unrolls fully).
+    """
+
+    threat: LpBall
+    step_size: float
+    steps: int
+    loss: Any = "ce"
+    targeted: bool = False
+    random_init: bool = True
+    momentum: float = 0.0
+    keep_best: bool = True
+    unroll: int | bool = True
+
+    def __post_init__(self):
+        check_nonnegative(step_size=self.step_size, steps=self.steps, momentum=self.momentum)
+        if int(self.steps) != self.steps:
+            raise ValueError(f"steps must be an integer, got {self.steps}")
+        losses.get_loss(self.loss)
+
+    def _objective(self, model_fn: ModelFn, variables: Any, y: Any):
+        loss_fn = losses.get_loss(self.loss)
+        sign = -1.0 if self.targeted else 1.0
+
+        def objective(x_adv):
+            logits = model_fn(variables, x_adv)
+            per_example = sign * loss_fn(logits, y)
+            return jnp.sum(per_example), (per_example, logits)
+
+        return objective
+
+    def run(
+        self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
+    ) -> AttackResult:
+        check_images(x)
+        objective = self._objective(model_fn, variables, y)
+        grad_fn = jax.grad(objective, has_aux=True)
+        x = jax.lax.stop_gradient(x)
+        x0 = self.threat.init(key, x) if self.random_init else x
+        batch = x.shape[0]
+        best = (x0, jnp.full((batch,), -jnp.inf), jnp.zeros((batch,), bool))
+
+        def step(carry, _):
+            x_adv, velocity, best = carry
+            grad, (score, logits) = grad_fn(x_adv)
+            if self.keep_best:
+                ok = success(logits, y, self.targeted)
+                take = better(ok, score, best[2], best[1])
+                best = (
+                    jnp.where(take[:, None, None, None], x_adv, best[0]),
+                    jnp.where(take, score, best[1]),
+                    jnp.where(take, ok, best[2]),
+                )
+            if self.momentum:
+                l1 = jnp.sum(jnp.abs(grad), axis=(1, 2, 3), keepdims=True)
+                velocity = self.momentum * velocity + grad / jnp.maximum(l1, 1e-12)
+                grad = velocity
+            x_next = x_adv + self.step_size * self.threat.direction(grad, x_adv)
+            return (self.threat.project(x_next, x), velocity, best), None
+
+        unroll = self.unroll if self.unroll is not True else max(1, int(self.steps))
+        (x_last, _, best), _ = jax.lax.scan(
+            step, (x0, jnp.zeros_like(x), best), None, length=int(self.steps), unroll=unroll
+        )
+        score, logits = objective(x_last)[1]
+        ok = success(logits, y, self.targeted)
+        if self.keep_best:
+            take = better(ok, score, best[2], best[1])
+            x_last = jnp.where(take[:, None, None, None], x_last, best[0])
+            score = jnp.where(take, score, best[1])
+            ok = jnp.where(take, ok, best[2])
+        return AttackResult(x_adv=jax.lax.stop_gradient(x_last), loss=score, success=ok)
+
+
+def pgd(
+    eps: float,
+    step_size: float,
+    steps: int,
+    norm: str = "linf",
+    loss: Any = "ce",
+    targeted: bool = False,
+    random_init: bool = True,
+    keep_best: bool = True,
+    l1_sparsity: float = 0.01,
+    unroll: int | bool = True,
+) -> GradientAttack:
+    """Projected gradient descent (Madry et al. 2018) in an Linf, L2 or L1 ball."""
+    return GradientAttack(
+        threat=LpBall(norm, eps, l1_sparsity),
+        step_size=step_size,
+        steps=steps,
+        loss=loss,
+        targeted=targeted,
+        random_init=random_init,
+        keep_best=keep_best,
+        unroll=unroll,
+    )
+
+
+def fgsm(eps: float, norm: str = "linf", loss: Any = "ce", targeted: bool = False) -> GradientAttack:
+    """Fast gradient sign method (Goodfellow et al. 2015): ``x + eps * sign(grad)``."""
+    return GradientAttack(
+        LpBall(norm, eps), eps, 1, loss, targeted, random_init=False, keep_best=False
+    )
+
+
+def fgsm_rs(
+    eps: float, step_size: float | None = None, norm: str = "linf", loss: Any = "ce"
+) -> GradientAttack:
+    """FGSM from a uniform random start, step ``1.25 eps`` by default (Wong et al. 2020, Alg. 3)."""
+    step = 1.25 * eps if step_size is None else step_size
+    return GradientAttack(LpBall(norm, eps), step, 1, loss, random_init=True, keep_best=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class RandFGSM(Attack):
+    """R+FGSM (Tramèr et al. 2018): ``x' = x + alpha sign(N(0, I))``, then an
+    ``(eps - alpha)`` sign step from ``x'``, projected onto the Linf ball and box."""
+
+    eps: float
+    alpha: float
+    loss: Any = "ce"
+
+    def __post_init__(self):
+        check_nonnegative(eps=self.eps, alpha=self.alpha)
+        if self.alpha > self.eps:
+            raise ValueError(f"alpha ({self.alpha}) must not exceed eps ({self.eps})")
+
+    def run(self, model_fn, variables, x, y, key) -> AttackResult:
+        check_images(x)
+        if key.ndim == 1:
+            noise = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:]))(key)
+        else:
+            noise = jax.random.normal(key, x.shape)
+        x_start = jnp.clip(x + self.alpha * jnp.sign(noise), 0.0, 1.0)
+        step = GradientAttack(
+            LpBall("linf", self.eps), self.eps - self.alpha, 1, self.loss,
+            random_init=False, keep_best=False,
+        )
+        # One step from x_start, projected around the clean x.
+        grad_fn = jax.grad(step._objective(model_fn, variables, y), has_aux=True)
+        grad, _ = grad_fn(x_start)
+        x_adv = step.threat.project(x_start + step.step_size * jnp.sign(grad), x)
+        logits = model_fn(variables, x_adv)
+        return AttackResult(
+            x_adv=jax.lax.stop_gradient(x_adv),
+            loss=losses.get_loss(self.loss)(logits, y),
+            success=success(logits, y, False),
+        )
+
+
+def rfgsm(eps: float, alpha: float | None = None, loss: Any = "ce") -> RandFGSM:
+    """R+FGSM with ``alpha = eps / 2`` by default."""
+    return RandFGSM(eps, eps / 2 if alpha is None else alpha, loss)
+
+
+def bim(
+    eps: float, step_size: float, steps: int, norm: str = "linf", loss: Any = "ce"
+) -> GradientAttack:
+    """Basic iterative method (Kurakin et al. 2017): PGD without random start, last iterate."""
+    return GradientAttack(
+        LpBall(norm, eps), step_size, steps, loss, random_init=False, keep_best=False
+    )
+
+
+def mifgsm(
+    eps: float,
+    steps: int = 10,
+    step_size: float | None = None,
+    decay: float = 1.0,
+    norm: str = "linf",
+    loss: Any = "ce",
+    targeted: bool = False,
+) -> GradientAttack:
+    """Momentum iterative FGSM (Dong et al. 2018): step ``eps / steps``, decay ``mu = 1``."""
+    step = eps / max(steps, 1) if step_size is None else step_size
+    return GradientAttack(
+        LpBall(norm, eps), step, steps, loss, targeted, random_init=False, momentum=decay,
+        keep_best=False,
+    )
