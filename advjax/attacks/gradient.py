@@ -82,8 +82,9 @@ class GradientAttack(Attack):
         grad_fn = jax.grad(objective, has_aux=True)
         x = jax.lax.stop_gradient(x)
         x0 = self.threat.init(key, x) if self.random_init else x
-        batch = x.shape[0]
-        best = (x0, jnp.full((batch,), -jnp.inf), jnp.zeros((batch,), bool))
+        # full_like keeps x's sharding type, so the carry also typechecks inside shard_map.
+        first_pixel = x[:, 0, 0, 0]
+        best = (x0, jnp.full_like(first_pixel, -jnp.inf), jnp.full_like(first_pixel, False, bool))
 
         def step(carry, _):
             x_adv, velocity, best = carry

@@ -1,0 +1,26 @@
+"""Datasets (local canonical files, tfds, synthetic), download, batching and augmentation."""
+
+from advjax.data.augment import pad_crop_flip
+from advjax.data.dataset import DATASETS, Dataset
+from advjax.data.download import download
+from advjax.data.pipeline import (
+    eval_batches,
+    num_eval_batches,
+    split_validation,
+    steps_per_epoch,
+    train_batches,
+)
+from advjax.data.sources import load_dataset
+
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "download",
+    "eval_batches",
+    "load_dataset",
+    "num_eval_batches",
+    "pad_crop_flip",
+    "split_validation",
+    "steps_per_epoch",
+    "train_batches",
+]

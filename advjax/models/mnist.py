@@ -1,0 +1,90 @@
+"""MNIST convolutional networks.
+
+* :class:`MnistSmallCNN`: the MNIST net of the ATLAS paper (seeds/003), which is the Madry et al.
+  (2018) ``mnist_challenge`` model: conv 32 5x5 -> ReLU -> maxpool 2 -> conv 64 5x5 -> ReLU ->
+  maxpool 2 -> FC 1024 -> ReLU -> FC, SAME padding (3,274,634 parameters for 10 classes).
+* :class:`MnistCNN4`: the TRADES (Zhang et al. 2019) ``SmallCNN`` used by RT/SRT (seeds/004) and the
+  thesis' "standard CNN" (4 conv + 3 FC, as in Carlini & Wagner 2017): conv 32 3x3, conv 32 3x3,
+  maxpool 2, conv 64 3x3, conv 64 3x3, maxpool 2, FC 200, FC 200, FC, ReLU everywhere, VALID
+  padding (28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 4; 312,202 parameters for 10 classes).
+
+Both take NHWC float images in [0, 1] and flatten in NHWC (H, W, C) order, which differs from the
+PyTorch (C, H, W) order; permute the first FC kernel when porting PyTorch weights.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from advjax.models.checks import check_images
+from advjax.models.normalize import IDENTITY_MEAN, IDENTITY_STD, normalize
+
+ModelOutput = jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]
+
+
+def _max_pool(x: jnp.ndarray) -> jnp.ndarray:
+    return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+
+
+class MnistSmallCNN(nn.Module):
+    """Madry et al. ``mnist_challenge`` CNN (2 conv + 2 FC), the ATLAS MNIST model.
+
+    Attributes:
+      num_classes: number of output logits.
+      mean, std: per-channel normalisation applied first (identity by default).
+      input_hw: required ``(height, width)``; ``None`` accepts any size (FC sizes follow it).
+    """
+
+    num_classes: int = 10
+    mean: tuple[float, ...] = IDENTITY_MEAN
+    std: tuple[float, ...] = IDENTITY_STD
+    input_hw: tuple[int, int] | None = (28, 28)
+
+    @nn.compact
+    def __call__(
+        self, x: jnp.ndarray, train: bool = False, return_features: bool = False
+    ) -> ModelOutput:
+        del train  # no BatchNorm or dropout
+        check_images(x, expected_hw=self.input_hw, channels=1)
+        x = normalize(x, self.mean, self.std)
+        x = _max_pool(nn.relu(nn.Conv(32, (5, 5), padding="SAME", name="conv1")(x)))
+        x = _max_pool(nn.relu(nn.Conv(64, (5, 5), padding="SAME", name="conv2")(x)))
+        x = x.reshape((x.shape[0], -1))
+        features = nn.relu(nn.Dense(1024, name="fc1")(x))
+        logits = nn.Dense(self.num_classes, name="fc2")(features)
+        return (logits, features) if return_features else logits
+
+
+class MnistCNN4(nn.Module):
+    """TRADES ``SmallCNN`` (4 conv + 3 FC, VALID padding), the RT/SRT and thesis MNIST model.
+
+    Attributes:
+      num_classes: number of output logits.
+      mean, std: per-channel normalisation applied first (identity by default).
+      input_hw: required ``(height, width)``; ``None`` accepts any size of at least 12x12.
+    """
+
+    num_classes: int = 10
+    mean: tuple[float, ...] = IDENTITY_MEAN
+    std: tuple[float, ...] = IDENTITY_STD
+    input_hw: tuple[int, int] | None = (28, 28)
+
+    @nn.compact
+    def __call__(
+        self, x: jnp.ndarray, train: bool = False, return_features: bool = False
+    ) -> ModelOutput:
+        del train  # no BatchNorm or dropout
+        check_images(x, expected_hw=self.input_hw, channels=1)
+        x = normalize(x, self.mean, self.std)
+        x = nn.relu(nn.Conv(32, (3, 3), padding="VALID", name="conv1")(x))
+        x = nn.relu(nn.Conv(32, (3, 3), padding="VALID", name="conv2")(x))
+        x = _max_pool(x)
+        x = nn.relu(nn.Conv(64, (3, 3), padding="VALID", name="conv3")(x))
+        x = nn.relu(nn.Conv(64, (3, 3), padding="VALID", name="conv4")(x))
+        x = _max_pool(x)
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(nn.Dense(200, name="fc1")(x))
+        features = nn.relu(nn.Dense(200, name="fc2")(x))
+        logits = nn.Dense(self.num_classes, name="fc3")(features)
+        return (logits, features) if return_features else logits

@@ -1,0 +1,140 @@
+"""CIFAR residual networks: ResNet-20 (post-activation) and PreAct-ResNet-18.
+
+* :class:`ResNet20`: He et al. (2016), "Deep Residual Learning", Sec. 4.2 CIFAR-10 ResNet-(6n+2)
+  with n=3: a 3x3 conv stem with 16 filters, then 3 stages of n basic blocks with 16/32/64 filters
+  (stride 2 at the start of stages 2 and 3), global average pooling and a dense layer. Blocks are
+  post-activation (conv-BN-ReLU-conv-BN, add, ReLU); the downsampling shortcut is a 1x1 strided
+  convolution as in the Keras ``resnet_v1`` used by Pang et al. (2019), the thesis' ADR/ASCL
+  ResNet-20 setting (spec/thesis_ch2_3.md). Features are the 64-dim pooled vector.
+* :class:`PreActResNet18`: He et al. (2016), "Identity Mappings in Deep Residual Networks", as used
+  by Wong et al. (2020), "Fast is better than free" (``preact_resnet.py``): a 3x3 conv stem with 64
+  filters, 4 stages of 2 pre-activation blocks (64/128/256/512, stride 2 from stage 2), a final
+  BN-ReLU, global average pooling (``avg_pool2d(out, 4)`` on 32x32 inputs) and a dense layer.
+  Features are the 512-dim pooled vector. 11,172,170 parameters for 10 classes.
+
+Inputs are NHWC float images in [0, 1]; CIFAR-10 normalisation is applied inside the model.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from advjax.models.checks import check_images
+from advjax.models.layers import batch_norm, conv, global_avg_pool
+from advjax.models.normalize import CIFAR10_MEAN, CIFAR10_STD, normalize
+
+ModelOutput = jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]
+
+
+class BasicBlock(nn.Module):
+    """Post-activation basic block (He et al. 2016a): relu(bn(conv(relu(bn(conv(x))))) + s(x))."""
+
+    features: int
+    strides: int = 1
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        shortcut = x
+        y = conv(self.features, 3, self.strides, name="conv1")(x)
+        y = nn.relu(batch_norm(train, self.bn_axis_name, name="bn1")(y))
+        y = conv(self.features, 3, 1, name="conv2")(y)
+        y = batch_norm(train, self.bn_axis_name, name="bn2")(y)
+        if self.strides != 1 or x.shape[-1] != self.features:
+            shortcut = conv(self.features, 1, self.strides, name="shortcut", use_bias=True)(x)
+        return nn.relu(y + shortcut)
+
+
+class ResNet20(nn.Module):
+    """CIFAR ResNet-(6n+2) with post-activation basic blocks; ``depth=20`` gives ResNet-20.
+
+    Attributes:
+      num_classes: number of output logits.
+      depth: 6n+2 (20, 32, 44, 56, 110); n blocks per stage.
+      mean, std: per-channel normalisation applied first (CIFAR-10 statistics by default).
+      bn_axis_name: optional axis name for cross-device (synchronised) BatchNorm statistics.
+    """
+
+    num_classes: int = 10
+    depth: int = 20
+    mean: tuple[float, ...] = CIFAR10_MEAN
+    std: tuple[float, ...] = CIFAR10_STD
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(
+        self, x: jnp.ndarray, train: bool = False, return_features: bool = False
+    ) -> ModelOutput:
+        check_images(x, channels=3)
+        if self.depth < 8 or (self.depth - 2) % 6 != 0:
+            raise ValueError(f"ResNet depth must be 6n+2 with n >= 1 (e.g. 20), got {self.depth}")
+        n = (self.depth - 2) // 6
+        x = normalize(x, self.mean, self.std)
+        x = conv(16, 3, 1, name="conv_stem")(x)
+        x = nn.relu(batch_norm(train, self.bn_axis_name, name="bn_stem")(x))
+        for stage, width in enumerate((16, 32, 64)):
+            for block in range(n):
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = BasicBlock(
+                    width, strides, self.bn_axis_name, name=f"stage{stage + 1}_block{block + 1}"
+                )(x, train)
+        features = global_avg_pool(x)
+        logits = nn.Dense(self.num_classes, name="fc")(features)
+        return (logits, features) if return_features else logits
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation basic block (He et al. 2016b; Wong et al. 2020's ``PreActBlock``).
+
+    ``out = relu(bn1(x)); y = conv2(relu(bn2(conv1(out)))) + s``, where the shortcut ``s`` is ``x``
+    or, when the shape changes, a 1x1 strided convolution of ``out``.
+    """
+
+    features: int
+    strides: int = 1
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        out = nn.relu(batch_norm(train, self.bn_axis_name, name="bn1")(x))
+        shortcut = x
+        if self.strides != 1 or x.shape[-1] != self.features:
+            shortcut = conv(self.features, 1, self.strides, name="shortcut")(out)
+        y = conv(self.features, 3, self.strides, name="conv1")(out)
+        y = nn.relu(batch_norm(train, self.bn_axis_name, name="bn2")(y))
+        y = conv(self.features, 3, 1, name="conv2")(y)
+        return y + shortcut
+
+
+class PreActResNet18(nn.Module):
+    """PreAct-ResNet-18 of Wong et al. (2020) fast adversarial training.
+
+    Attributes:
+      num_classes: number of output logits.
+      mean, std: per-channel normalisation applied first (CIFAR-10 statistics by default).
+      bn_axis_name: optional axis name for cross-device (synchronised) BatchNorm statistics.
+    """
+
+    num_classes: int = 10
+    mean: tuple[float, ...] = CIFAR10_MEAN
+    std: tuple[float, ...] = CIFAR10_STD
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(
+        self, x: jnp.ndarray, train: bool = False, return_features: bool = False
+    ) -> ModelOutput:
+        check_images(x, channels=3)
+        x = normalize(x, self.mean, self.std)
+        x = conv(64, 3, 1, name="conv_stem")(x)
+        for stage, width in enumerate((64, 128, 256, 512)):
+            for block in range(2):
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = PreActBlock(
+                    width, strides, self.bn_axis_name, name=f"stage{stage + 1}_block{block + 1}"
+                )(x, train)
+        x = nn.relu(batch_norm(train, self.bn_axis_name, name="bn_final")(x))
+        features = global_avg_pool(x)
+        logits = nn.Dense(self.num_classes, name="fc")(features)
+        return (logits, features) if return_features else logits

@@ -1,0 +1,72 @@
+"""MNIST configs: natural training, PGD-AT and fast AT (Linf eps 0.3).
+
+Variants (``--config=configs/mnist.py:VARIANT``): ``natural``, ``pgd_at``, ``fast_at``.
+
+Train, then evaluate on the 10k test set (clean and PGD-40, eps 0.3, step 0.01, random start)::
+
+    python -m launch.train --config=configs/mnist.py:fast_at --workdir=workdirs/mnist_fast_at
+    python -m launch.evaluate --workdir=workdirs/mnist_fast_at
+
+Expected on a 2-core CPU (see results/mnist.md for the measured figures):
+  natural  3 epochs, about 1 min/epoch: >= 99% clean.
+  fast_at  10 epochs, about 2 min/epoch: >= 98.5% clean, >= 88% PGD-40.
+  pgd_at   PGD-20 (step 0.01) adversaries, about 20x fast_at's cost per epoch.
+Any field can be overridden, e.g. ``--config.train.epochs=1 --config.data.data_dir=/data``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+VARIANTS = ("natural", "pgd_at", "fast_at")
+
+
+def get_config(arg: str = "fast_at") -> ml_collections.ConfigDict:
+    if arg not in VARIANTS:
+        raise ValueError(f"unknown variant {arg!r}; valid variants: {', '.join(VARIANTS)}")
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = dict(name="mnist", source="auto", data_dir="", num_validation=5000, augment=False)
+    c.model = dict(name="mnist_small")
+
+    eps = 0.3
+    c.defense = dict(name=arg, eps=eps, norm="linf", step_size=1.25 * eps, steps=1)
+    if arg == "pgd_at":
+        c.defense.update(step_size=0.01, steps=20)
+
+    c.train = dict(
+        epochs={"natural": 3, "fast_at": 10, "pgd_at": 30}[arg],
+        batch_size=128,
+        optimizer="adam",
+        learning_rate=1e-3 if arg == "natural" else 2e-3,
+        schedule="cyclic",
+        peak_fraction=0.4,
+        weight_decay=0.0,
+        log_every=50,
+        checkpoint_every_steps=200,
+        keep_checkpoints=2,
+        progress=True,
+    )
+
+    # Validation on held-out training images after every epoch (ATLAS: PGD-20, step 0.01).
+    c.validation = dict(
+        attack=dict(name="pgd", eps=eps, step_size=0.01, steps=20, restarts=1),
+        num_examples=1000,
+        batch_size=500,
+        every_epochs=1,
+    )
+
+    # `python -m launch.evaluate`: the test set, clean and PGD-40 (eps 0.3, step 0.01, random start).
+    c.evaluate = dict(
+        attack=dict(name="pgd", eps=eps, step_size=0.01, steps=40, restarts=1),
+        batch_size=500,
+        num_examples=0,  # 0: the whole test set
+        checkpoint="best",
+    )
+
+    c.distributed = dict(
+        initialize=False, coordinator_address="", num_processes=1, process_id=0,
+        cpu_collectives=True,
+    )
+    return c
