@@ -57,7 +57,7 @@ def get_config(arg: str = "fast_at") -> ml_collections.ConfigDict:
         every_epochs=1,
     )
 
-    # `python -m launch.evaluate`: the test set, clean and PGD-40 (eps 0.3, step 0.01, random start).
+    # `python -m launch.evaluate`: test set, clean and PGD-40 (eps 0.3, step 0.01, random start).
     c.evaluate = dict(
         attack=dict(name="pgd", eps=eps, step_size=0.01, steps=40, restarts=1),
         batch_size=500,
@@ -66,7 +66,10 @@ def get_config(arg: str = "fast_at") -> ml_collections.ConfigDict:
     )
 
     c.distributed = dict(
-        initialize=False, coordinator_address="", num_processes=1, process_id=0,
+        initialize=False,
+        coordinator_address="",
+        num_processes=1,
+        process_id=0,
         cpu_collectives=True,
     )
     return c

@@ -75,8 +75,10 @@ def test_every_iterate_stays_in_ball_and_box(linear_model, images, attack):
     threat = getattr(attack, "threat", LpBall("linf", getattr(attack, "eps", 0.0)))
     steps = getattr(attack, "steps", 1)
     for k in range(1, steps + 1):
-        a = attack if not hasattr(attack, "steps") else attack.__class__(
-            **{**attack.__dict__, "steps": k, "keep_best": False}
+        a = (
+            attack
+            if not hasattr(attack, "steps")
+            else attack.__class__(**{**attack.__dict__, "steps": k, "keep_best": False})
         )
         x_adv = a(model_fn, variables, x, y, jax.random.key(k))
         assert bool(jnp.all(threat.contains(x_adv, x))), (type(attack).__name__, k)
@@ -95,9 +97,7 @@ def test_monotone_in_eps_and_restarts(linear_model, images):
         prev = float(jnp.min(r.loss))
     single = attacks.pgd(0.05, 0.01, 5).run(model_fn, variables, x, y, key)
     many = attacks.restarts(attacks.pgd(0.05, 0.01, 5), 4).run(model_fn, variables, x, y, key)
-    first = attacks.pgd(0.05, 0.01, 5).run(
-        model_fn, variables, x, y, attacks.split_keys(key, 4)[0]
-    )
+    first = attacks.pgd(0.05, 0.01, 5).run(model_fn, variables, x, y, attacks.split_keys(key, 4)[0])
     assert bool(jnp.all(many.loss >= first.loss - 1e-6))
     assert many.x_adv.shape == single.x_adv.shape
 
@@ -147,9 +147,9 @@ def test_vmap_over_batch_with_per_example_keys(linear_model, images):
     keys = jax.random.split(jax.random.key(0), x.shape[0])
     attack = attacks.pgd(0.1, 0.02, 5)
     whole = attack(model_fn, variables, x, y, keys)
-    one_by_one = jax.vmap(lambda xi, yi, k: attack(model_fn, variables, xi[None], yi[None], k[None]))(
-        x, y, keys
-    )[:, 0]
+    one_by_one = jax.vmap(
+        lambda xi, yi, k: attack(model_fn, variables, xi[None], yi[None], k[None])
+    )(x, y, keys)[:, 0]
     np.testing.assert_allclose(whole, one_by_one, atol=1e-6)
 
 

@@ -77,8 +77,10 @@ def split_keys(key: jax.Array, num: int) -> jax.Array:
 
 
 def is_label_vector(y: Any) -> bool:
-    return isinstance(y, jax.Array | np.ndarray) and y.ndim == 1 and jnp.issubdtype(
-        y.dtype, jnp.integer
+    return (
+        isinstance(y, jax.Array | np.ndarray)
+        and y.ndim == 1
+        and jnp.issubdtype(y.dtype, jnp.integer)
     )
 
 
@@ -96,7 +98,9 @@ def better(
     new_success: jax.Array, new_score: jax.Array, best_success: jax.Array, best_score: jax.Array
 ) -> jax.Array:
     """Lexicographic per-example comparison: success first, then a higher attack score."""
-    return (new_success & ~best_success) | ((new_success == best_success) & (new_score > best_score))
+    return (new_success & ~best_success) | (
+        (new_success == best_success) & (new_score > best_score)
+    )
 
 
 @dataclasses.dataclass(frozen=True)

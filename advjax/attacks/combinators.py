@@ -67,7 +67,8 @@ class WorstCase(Attack):
     def run(self, model_fn, variables, x, y: Any, key) -> AttackResult:
         check_images(x)
         keys = split_keys(key, len(self.attacks))
-        results = [a.run(model_fn, variables, x, y, k) for a, k in zip(self.attacks, keys)]
+        pairs = zip(self.attacks, keys, strict=True)
+        results = [a.run(model_fn, variables, x, y, k) for a, k in pairs]
         return _reduce_worst(jax.tree.map(lambda *a: jnp.stack(a), *results))
 
 

@@ -143,7 +143,9 @@ def pgd(
     )
 
 
-def fgsm(eps: float, norm: str = "linf", loss: Any = "ce", targeted: bool = False) -> GradientAttack:
+def fgsm(
+    eps: float, norm: str = "linf", loss: Any = "ce", targeted: bool = False
+) -> GradientAttack:
     """Fast gradient sign method (Goodfellow et al. 2015): ``x + eps * sign(grad)``."""
     return GradientAttack(
         LpBall(norm, eps), eps, 1, loss, targeted, random_init=False, keep_best=False
@@ -180,8 +182,12 @@ class RandFGSM(Attack):
             noise = jax.random.normal(key, x.shape)
         x_start = jnp.clip(x + self.alpha * jnp.sign(noise), 0.0, 1.0)
         step = GradientAttack(
-            LpBall("linf", self.eps), self.eps - self.alpha, 1, self.loss,
-            random_init=False, keep_best=False,
+            LpBall("linf", self.eps),
+            self.eps - self.alpha,
+            1,
+            self.loss,
+            random_init=False,
+            keep_best=False,
         )
         # One step from x_start, projected around the clean x.
         grad_fn = jax.grad(step._objective(model_fn, variables, y), has_aux=True)
@@ -221,6 +227,12 @@ def mifgsm(
     """Momentum iterative FGSM (Dong et al. 2018): step ``eps / steps``, decay ``mu = 1``."""
     step = eps / max(steps, 1) if step_size is None else step_size
     return GradientAttack(
-        LpBall(norm, eps), step, steps, loss, targeted, random_init=False, momentum=decay,
+        LpBall(norm, eps),
+        step,
+        steps,
+        loss,
+        targeted,
+        random_init=False,
+        momentum=decay,
         keep_best=False,
     )

@@ -18,8 +18,12 @@ from advjax.defenses.objectives import (
 def _pgd_at(cfg) -> CrossEntropyOn:
     return pgd_at(
         attacks.pgd(
-            cfg.eps, cfg.step_size, cfg.steps, norm=cfg.get("norm", "linf"),
-            random_init=cfg.get("random_init", True), keep_best=False,
+            cfg.eps,
+            cfg.step_size,
+            cfg.steps,
+            norm=cfg.get("norm", "linf"),
+            random_init=cfg.get("random_init", True),
+            keep_best=False,
         )
     )
 

@@ -9,9 +9,10 @@ remaining axes are flattened for the norms):
 * ``project(x_adv, x)``: the exact Euclidean projection onto ``B_p(x, eps) ∩ [0, 1]^D``.
 
 The Linf projection is a clip. The L2 and L1 projections onto the intersection with the box come
-from the KKT conditions: the minimiser of ``||δ - d||^2`` over ``{||δ||_p <= eps, lo <= δ <= hi}`` is
-``δ(λ) = clip(d / (1 + λ), lo, hi)`` (L2) or ``clip(soft_threshold(d, λ), lo, hi)`` (L1) for the
-smallest multiplier ``λ >= 0`` that makes ``δ(λ)`` feasible; ``||δ(λ)||_p`` is monotone in ``λ`` so a
+from the KKT conditions: the minimiser of ``||δ - d||^2`` over ``{||δ||_p <= eps, lo <= δ <= hi}``
+is ``δ(λ) = clip(d / (1 + λ), lo, hi)`` (L2) or ``clip(soft_threshold(d, λ), lo, hi)`` (L1) for
+the smallest multiplier ``λ >= 0`` that makes ``δ(λ)`` feasible; ``||δ(λ)||_p`` is monotone in ``λ``
+so a
 fixed number of bisection steps finds it to float precision with static shapes.
 """
 
@@ -149,7 +150,7 @@ class LpBall:
             e = jax.random.exponential(k_exp, (flat.shape[0], dim + 1))
             signs = jax.random.rademacher(k_sign, flat.shape, dtype=flat.dtype)
             delta = self.eps * signs * e[:, :dim] / jnp.sum(e, axis=1, keepdims=True)
-        # Clipping to the box only shrinks |δ_i| (since lo <= 0 <= hi), so the point stays in the ball.
+        # Clipping to the box only shrinks |δ_i| (lo <= 0 <= hi), so the point stays in the ball.
         return jnp.clip(flat + delta, 0.0, 1.0).reshape(x.shape)
 
     def direction(self, grad: jax.Array, x_adv: jax.Array) -> jax.Array:

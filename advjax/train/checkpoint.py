@@ -21,8 +21,9 @@ class CheckpointError(RuntimeError):
 
 def to_host(tree: Any) -> Any:
     """A host (numpy) copy of a replicated device pytree, safe to save while training goes on."""
-    return jax.tree.map(lambda a: np.array(a.addressable_data(0)) if isinstance(a, jax.Array)
-                        else np.array(a), tree)
+    return jax.tree.map(
+        lambda a: np.array(a.addressable_data(0)) if isinstance(a, jax.Array) else np.array(a), tree
+    )
 
 
 class Checkpointer:
@@ -50,7 +51,7 @@ class Checkpointer:
         return self.latest.latest_step()
 
     def save(self, step: int, state: Any, metrics: dict[str, float] | None = None) -> None:
-        """Saves ``state`` (a host pytree) as the latest, and as the best when ``metrics`` beat it."""
+        """Saves ``state`` (a host pytree) as the latest; with ``metrics``, as a best candidate."""
         if self.latest.latest_step() != step:
             self.latest.save(step, args=ocp.args.StandardSave(state), force=True)
         if metrics is not None and self.best.latest_step() != step:

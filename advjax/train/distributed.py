@@ -21,9 +21,9 @@ def maybe_initialize(cfg) -> bool:
     kwargs = {}
     if cfg.get("coordinator_address"):
         kwargs = dict(
-            coordinator_address=cfg.coordinator_address,
-            num_processes=int(cfg.num_processes),
-            process_id=int(cfg.process_id),
+            coordinator_address=cfg["coordinator_address"],
+            num_processes=int(cfg["num_processes"]),
+            process_id=int(cfg["process_id"]),
         )
     jax.distributed.initialize(**kwargs)
     return True

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 from tqdm import tqdm
 
@@ -39,10 +40,19 @@ def build_model(config: ml_collections.ConfigDict):
     return get_model(config.model.name, **kwargs)
 
 
+def load_split(config: ml_collections.ConfigDict, split: str, data_dir: str | None = None):
+    """Loads ``split`` of the configured dataset (``data.synthetic`` holds synthetic options)."""
+    data = config.data
+    source = data.get("source", "auto")
+    kwargs = dict(data.get("synthetic", {})) if "synthetic" in (source, data.name) else {}
+    data_dir = data_dir if data_dir is not None else (data.get("data_dir") or None)
+    return load_dataset(data.name, split, data_dir, source, **kwargs)
+
+
 def load_splits(config: ml_collections.ConfigDict) -> tuple[Dataset, Dataset | None]:
     """The training set and the held-out validation split carved from it."""
     data = config.data
-    full = load_dataset(data.name, "train", data.get("data_dir") or None, data.get("source", "auto"))
+    full = load_split(config, "train")
     if data.get("num_validation", 0) > 0:
         return split_validation(full, data.num_validation, config.seed)
     return full, None
@@ -75,8 +85,8 @@ def train_and_evaluate(
 ) -> TrainState:
     """Trains (or resumes) and returns the final host state.
 
-    ``stop_after_steps`` ends the run after that global step, with a checkpoint, as if the job had
-    been interrupted there (used to test exact resumption).
+    ``stop_after_steps`` ends the run right after that global step without saving anything more,
+    as if the job had been killed there (used to test exact resumption).
     """
     distributed.maybe_initialize(config.get("distributed", {}))
     os.makedirs(workdir, exist_ok=True)
@@ -97,7 +107,11 @@ def train_and_evaluate(
 
     mesh = make_mesh()
     step_fn = sharded_train_step(
-        model, defenses.get_defense(config.defense), tx, schedule, mesh,
+        model,
+        defenses.get_defense(config.defense),
+        tx,
+        schedule,
+        mesh,
         augment=config.data.get("augment", False),
     )
     val_attack = attack_from_config(config.validation.attack)
@@ -116,8 +130,13 @@ def train_and_evaluate(
         epoch_end = step % spe == 0
         if step % log_every == 0 or epoch_end:
             scalars = jax.device_get(metrics)
-            bar.set_postfix({k: f"{float(v):.4g}" for k, v in scalars.items()
-                             if k in ("loss", "adv_accuracy", "clean_accuracy")})
+            bar.set_postfix(
+                {
+                    k: f"{float(v):.4g}"
+                    for k, v in scalars.items()
+                    if k in ("loss", "adv_accuracy", "clean_accuracy")
+                }
+            )
             writer.write(step, {**scalars, "epoch": step / spe})
         if epoch_end:
             epoch_time = time.time() - epoch_start
@@ -125,16 +144,21 @@ def train_and_evaluate(
             val_metrics = None
             if val_ds is not None and step // spe % config.validation.get("every_epochs", 1) == 0:
                 val_metrics = validate(config, model, host_state, val_ds, val_attack, step, mesh)
-                writer.write(step, {**val_metrics, "epoch": step // spe, "epoch_time_s": epoch_time})
-                bar.write(f"epoch {step // spe}: " + json.dumps(
-                    {k: round(v, 4) for k, v in val_metrics.items()}) + f" ({epoch_time:.1f}s)")
+                writer.write(
+                    step, {**val_metrics, "epoch": step // spe, "epoch_time_s": epoch_time}
+                )
+                bar.write(
+                    f"epoch {step // spe}: "
+                    + json.dumps({k: round(v, 4) for k, v in val_metrics.items()})
+                    + f" ({epoch_time:.1f}s)"
+                )
             ckpt.save(step, host_state, val_metrics)
             epoch_start = time.time()
         elif ckpt_every and step % ckpt_every == 0:
             ckpt.save(step, to_host(device_state))
     bar.close()
     final = to_host(device_state)
-    if last_step > start or ckpt.latest_step() is None:
+    if stop_after_steps is None or stop_after_steps >= total_steps:
         ckpt.save(last_step, final)
     ckpt.wait()
     ckpt.close()
@@ -145,7 +169,7 @@ def validate(config, model, state: TrainState, val_ds: Dataset, attack, step: in
     """Clean and robust accuracy on (a prefix of) the validation split."""
     vc = config.validation
     num = vc.get("num_examples", 0) or len(val_ds)
-    subset = val_ds.take(range(min(num, len(val_ds))))
+    subset = val_ds.take(np.arange(min(num, len(val_ds))))
     key = jax.random.fold_in(jax.random.key(config.seed + 1), step)
     result = evaluate_accuracy(
         model, state.variables, subset, attack, vc.get("batch_size", 500), key, mesh

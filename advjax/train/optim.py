@@ -45,12 +45,15 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(cfg, steps_per_epoch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+    cfg, steps_per_epoch: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """``optax.chain(add_decayed_weights, sgd|adam)`` with the configured schedule."""
     schedule = make_schedule(cfg, steps_per_epoch)
     if cfg.optimizer == "sgd":
-        base = optax.sgd(schedule, momentum=cfg.get("momentum", 0.9) or None,
-                         nesterov=cfg.get("nesterov", False))
+        base = optax.sgd(
+            schedule, momentum=cfg.get("momentum", 0.9) or None, nesterov=cfg.get("nesterov", False)
+        )
     elif cfg.optimizer == "adam":
         base = optax.adam(schedule)
     else:

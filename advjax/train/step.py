@@ -56,7 +56,10 @@ def train_step(
         variables = {**state.variables, "params": params}
         return defense(model, variables, batch, defense_keys)
 
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    # Differentiate per-device copies of the parameters: under shard_map, the gradient of a
+    # replicated (device-invariant) input would come back already summed over devices.
+    local_params = jax.lax.pcast(state.params, AXIS, to="varying")
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(local_params)
     grads = jax.lax.pmean(grads, AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(
@@ -66,12 +69,16 @@ def train_step(
         batch_stats=jax.lax.pmean(aux["batch_stats"], AXIS) if aux["batch_stats"] else {},
     )
     metrics = {**aux["metrics"], "loss": loss, "learning_rate": schedule(state.step)}
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return new_state, jax.lax.pmean(metrics, AXIS)
 
 
 def eval_step(
-    variables: Any, batch: dict[str, jax.Array], key: jax.Array, *, model: nn.Module,
+    variables: Any,
+    batch: dict[str, jax.Array],
+    key: jax.Array,
+    *,
+    model: nn.Module,
     attack: Attack | None,
 ) -> dict[str, jax.Array]:
     """Summed clean and adversarial correctness over the (masked) global batch."""
@@ -119,17 +126,12 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Turns this process's part of a global batch (``[local_devices, per_device, ...]`` or
-    ``[per_host, ...]``) into global arrays split over the mesh's batch axis."""
+    """Turns this process's part of a global batch, laid out ``[local_devices, per_device, ...]``
+    as ``advjax.data`` yields it, into global arrays split over the mesh's batch axis."""
     sharding = NamedSharding(mesh, P(AXIS))
 
     def to_global(a):
         a = np.asarray(a)
-        local = a.reshape((-1,) + a.shape[2:]) if a.ndim >= 2 and _has_device_axis(a) else a
-        return jax.make_array_from_process_local_data(sharding, local)
+        return jax.make_array_from_process_local_data(sharding, a.reshape((-1,) + a.shape[2:]))
 
     return {k: to_global(v) for k, v in batch.items()}
-
-
-def _has_device_axis(a: np.ndarray) -> bool:
-    return a.shape[0] == jax.local_device_count() and a.ndim >= 2

@@ -1,0 +1,172 @@
+"""Training: exact resumption, checkpoint errors, no recompiles, configs, launch commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from advjax import defenses
+from advjax.data import load_dataset, train_batches
+from advjax.models import get_model
+from advjax.train import CheckpointError, Checkpointer, make_mesh, replicate, shard_batch
+from advjax.train.loop import initial_state, train_and_evaluate
+from advjax.train.metrics import read_metrics
+from advjax.train.step import train_step
+from configs import mnist
+from tests.train_configs import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _assert_states_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_interrupted_run_resumes_bit_for_bit(tmp_path):
+    config = tiny_config("fast_at", epochs=2)  # 12 steps; checkpoints at 4, 6 (epoch), 8, 12
+    uninterrupted = train_and_evaluate(config, str(tmp_path / "a"))
+    # "Killed" after step 11: the last checkpoint is step 8, so steps 9-11 are redone on resume.
+    partial = train_and_evaluate(config, str(tmp_path / "b"), stop_after_steps=11)
+    assert int(partial.step) == 11
+    assert Checkpointer(str(tmp_path / "b")).latest_step() == 8
+    resumed = train_and_evaluate(config, str(tmp_path / "b"))
+    assert int(resumed.step) == int(uninterrupted.step) == 12
+    _assert_states_equal(uninterrupted, resumed)  # parameters, optimiser state, RNG, step
+    metrics = read_metrics(str(tmp_path / "a"))
+    assert any("val_robust_accuracy" in m for m in metrics)
+    assert all(np.isfinite(m["loss"]) for m in metrics if "loss" in m)
+    ckpt = Checkpointer(str(tmp_path / "a"))
+    assert ckpt.best_step() in (6, 12)
+
+
+def test_mismatched_and_corrupt_checkpoints_are_named(tmp_path):
+    config = tiny_config("natural", epochs=1)
+    workdir = str(tmp_path / "run")
+    train_and_evaluate(config, workdir)
+    other = tiny_config("natural", epochs=1)
+    other.model.name = "mnist_small"
+    with pytest.raises(CheckpointError, match=r"checkpoints/6.*different model"):
+        train_and_evaluate(other, workdir)
+    for path in Path(workdir, "checkpoints", "6").rglob("*"):
+        if path.is_file() and path.stat().st_size > 0 and "metadata" not in path.name:
+            path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r"checkpoints/6.*corrupt"):
+        train_and_evaluate(config, workdir)
+
+
+def test_train_step_traces_once_and_learns(tmp_path):
+    config = tiny_config("fast_at")
+    ds = load_dataset("synthetic", "train", num_examples=128)
+    model = get_model("mnist_cnn4")
+    state, tx, schedule = initial_state(config, model, ds.image_shape, steps_per_epoch_=4)
+    defense = defenses.get_defense(config.defense)
+    mesh = make_mesh()
+    traced = chex.assert_max_traces(n=1)(
+        lambda s, b: train_step(s, b, model=model, defense=defense, tx=tx, schedule=schedule)
+    )
+    step = jax.jit(
+        jax.shard_map(traced, mesh=mesh, in_specs=(jax.P(), jax.P("batch")),
+                      out_specs=(jax.P(), jax.P()))
+    )
+    state = replicate(state, mesh)
+    batches = train_batches(ds, 32, seed=0)
+    losses = []
+    for _ in range(8):
+        state, metrics = step(state, shard_batch(next(batches), mesh))
+        losses.append(float(metrics["loss"]))
+    assert int(state.step) == 8
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+
+
+def test_locked_config_rejects_typos_and_unknown_names():
+    config = mnist.get_config("fast_at")
+    config.lock()
+    with pytest.raises(AttributeError):
+        config.train.epochz = 3
+    with pytest.raises(ValueError, match="valid variants: natural, pgd_at, fast_at"):
+        mnist.get_config("trades")
+    with pytest.raises(ValueError, match="valid defenses: fast_at, natural, pgd_at"):
+        defenses.get_defense(type("C", (), {"name": "madry"})())
+
+
+def test_schedules_have_the_documented_shape():
+    from advjax.train.optim import make_schedule
+
+    cfg = mnist.get_config("fast_at").train
+    cfg.epochs, cfg.learning_rate = 10, 1.0
+    cyclic = make_schedule(cfg, steps_per_epoch=10)
+    assert float(cyclic(0)) == 0.0 and float(cyclic(40)) == pytest.approx(1.0)
+    assert float(cyclic(100)) == pytest.approx(0.0, abs=1e-6)
+    cfg.schedule, cfg.decay_epochs, cfg.decay_factor = "piecewise", (5, 8), 0.1
+    piecewise = make_schedule(cfg, steps_per_epoch=10)
+    assert [float(piecewise(s)) for s in (49, 50, 80)] == pytest.approx([1.0, 0.1, 0.01])
+    cfg.schedule, cfg.warmup_epochs = "cosine", 1
+    cosine = make_schedule(cfg, steps_per_epoch=10)
+    assert float(cosine(10)) == pytest.approx(1.0) and float(cosine(100)) < 1e-6
+    cfg.schedule = "exponential"
+    with pytest.raises(ValueError, match="valid schedules"):
+        make_schedule(cfg, steps_per_epoch=10)
+
+
+def _run(args, cwd, timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_launch_train_then_evaluate(tmp_path):
+    workdir = tmp_path / "wd"
+    overrides = [
+        "--config.data.name=synthetic", "--config.data.source=synthetic",
+        "--config.data.num_validation=64", "--config.model.name=mnist_cnn4",
+        "--config.train.epochs=1", "--config.train.batch_size=32",
+        "--config.validation.attack.steps=2", "--config.validation.num_examples=64",
+        "--config.evaluate.attack.steps=3", "--config.evaluate.num_examples=100",
+    ]
+    _run(["-m", "launch.train", f"--config={REPO}/configs/mnist.py:natural",
+          f"--workdir={workdir}", *overrides], cwd=REPO)
+    _run(["-m", "launch.evaluate", f"--workdir={workdir}"], cwd=REPO)
+    report = json.loads((workdir / "report.json").read_text())
+    assert report["num_examples"] == 100 and report["attack"]["steps"] == 3
+    assert 0.0 <= report["robust_accuracy"] <= report["clean_accuracy"] <= 1.0
+    assert "| mnist_cnn4 | natural |" in (workdir / "report.md").read_text()
+    bad = subprocess.run(
+        [sys.executable, "-m", "launch.train", f"--config={REPO}/configs/mnist.py:natural",
+         f"--workdir={workdir}", "--config.train.epochz=1"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert bad.returncode != 0 and "epochz" in bad.stderr
+
+
+def test_missing_mnist_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.delenv("ADVJAX_DATA_DIR", raising=False)
+    config = tiny_config("natural")
+    config.data.name, config.data.source, config.data.data_dir = "mnist", "local", str(tmp_path)
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        train_and_evaluate(config, str(tmp_path / "wd"))
+
+
+def test_device_count_invariance_needs_per_example_keys():
+    # The defense keys depend on the global example index, not on the shard.
+    from advjax.train.step import example_keys
+
+    key = jax.random.key(0)
+    mesh1 = make_mesh(jax.devices()[:1])
+    keys = jax.jit(jax.shard_map(lambda k: example_keys(k, 4), mesh=mesh1, in_specs=jax.P(),
+                                 out_specs=jax.P("batch")))(key)
+    expected = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(4))
+    np.testing.assert_array_equal(jax.random.key_data(keys), jax.random.key_data(expected))
