@@ -24,7 +24,10 @@ def _env():
 def test_sharded_step_on_8_devices_equals_single_device():
     proc = subprocess.run(
         [sys.executable, str(SCRIPTS / "sharded_equivalence.py")],
-        env=_env(), capture_output=True, text=True, timeout=300,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -43,9 +46,17 @@ def test_two_process_multihost_training_agrees(tmp_path):
     port = _free_port()
     procs = [
         subprocess.Popen(
-            [sys.executable, str(SCRIPTS / "multihost_worker.py"), str(i), str(port),
-             str(tmp_path)],
-            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                str(SCRIPTS / "multihost_worker.py"),
+                str(i),
+                str(port),
+                str(tmp_path),
+            ],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for i in range(2)
     ]

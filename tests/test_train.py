@@ -17,7 +17,7 @@ import pytest
 from advjax import defenses
 from advjax.data import load_dataset, train_batches
 from advjax.models import get_model
-from advjax.train import CheckpointError, Checkpointer, make_mesh, replicate, shard_batch
+from advjax.train import Checkpointer, CheckpointError, make_mesh, replicate, shard_batch
 from advjax.train.loop import initial_state, train_and_evaluate
 from advjax.train.metrics import read_metrics
 from advjax.train.step import train_step
@@ -75,8 +75,9 @@ def test_train_step_traces_once_and_learns(tmp_path):
         lambda s, b: train_step(s, b, model=model, defense=defense, tx=tx, schedule=schedule)
     )
     step = jax.jit(
-        jax.shard_map(traced, mesh=mesh, in_specs=(jax.P(), jax.P("batch")),
-                      out_specs=(jax.P(), jax.P()))
+        jax.shard_map(
+            traced, mesh=mesh, in_specs=(jax.P(), jax.P("batch")), out_specs=(jax.P(), jax.P())
+        )
     )
     state = replicate(state, mesh)
     batches = train_batches(ds, 32, seed=0)
@@ -130,23 +131,45 @@ def _run(args, cwd, timeout=300):
 def test_launch_train_then_evaluate(tmp_path):
     workdir = tmp_path / "wd"
     overrides = [
-        "--config.data.name=synthetic", "--config.data.source=synthetic",
-        "--config.data.num_validation=64", "--config.model.name=mnist_cnn4",
-        "--config.train.epochs=1", "--config.train.batch_size=32",
-        "--config.validation.attack.steps=2", "--config.validation.num_examples=64",
-        "--config.evaluate.attack.steps=3", "--config.evaluate.num_examples=100",
+        "--config.data.name=synthetic",
+        "--config.data.source=synthetic",
+        "--config.data.num_validation=64",
+        "--config.model.name=mnist_cnn4",
+        "--config.train.epochs=1",
+        "--config.train.batch_size=32",
+        "--config.validation.attack.steps=2",
+        "--config.validation.num_examples=64",
+        "--config.evaluate.attack.steps=3",
+        "--config.evaluate.num_examples=100",
     ]
-    _run(["-m", "launch.train", f"--config={REPO}/configs/mnist.py:natural",
-          f"--workdir={workdir}", *overrides], cwd=REPO)
+    _run(
+        [
+            "-m",
+            "launch.train",
+            f"--config={REPO}/configs/mnist.py:natural",
+            f"--workdir={workdir}",
+            *overrides,
+        ],
+        cwd=REPO,
+    )
     _run(["-m", "launch.evaluate", f"--workdir={workdir}"], cwd=REPO)
     report = json.loads((workdir / "report.json").read_text())
     assert report["num_examples"] == 100 and report["attack"]["steps"] == 3
     assert 0.0 <= report["robust_accuracy"] <= report["clean_accuracy"] <= 1.0
     assert "| mnist_cnn4 | natural |" in (workdir / "report.md").read_text()
     bad = subprocess.run(
-        [sys.executable, "-m", "launch.train", f"--config={REPO}/configs/mnist.py:natural",
-         f"--workdir={workdir}", "--config.train.epochz=1"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "launch.train",
+            f"--config={REPO}/configs/mnist.py:natural",
+            f"--workdir={workdir}",
+            "--config.train.epochz=1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert bad.returncode != 0 and "epochz" in bad.stderr
@@ -166,7 +189,10 @@ def test_device_count_invariance_needs_per_example_keys():
 
     key = jax.random.key(0)
     mesh1 = make_mesh(jax.devices()[:1])
-    keys = jax.jit(jax.shard_map(lambda k: example_keys(k, 4), mesh=mesh1, in_specs=jax.P(),
-                                 out_specs=jax.P("batch")))(key)
+    keys = jax.jit(
+        jax.shard_map(
+            lambda k: example_keys(k, 4), mesh=mesh1, in_specs=jax.P(), out_specs=jax.P("batch")
+        )
+    )(key)
     expected = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(4))
     np.testing.assert_array_equal(jax.random.key_data(keys), jax.random.key_data(expected))

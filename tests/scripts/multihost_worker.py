@@ -20,8 +20,12 @@ from advjax.train import distributed  # noqa: E402
 def main():
     process_id, port, out_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     distributed.maybe_initialize(
-        dict(initialize=True, coordinator_address=f"127.0.0.1:{port}", num_processes=2,
-             process_id=process_id)
+        dict(
+            initialize=True,
+            coordinator_address=f"127.0.0.1:{port}",
+            num_processes=2,
+            process_id=process_id,
+        )
     )
     from advjax import defenses
     from advjax.data import load_dataset, train_batches

@@ -25,7 +25,7 @@ def run(devices, steps=3):
     config = tiny_config("fast_at")
     # SGD, not Adam: Adam's m / sqrt(v) turns float-rounding noise in near-zero gradients into
     # full-size steps, which would hide the comparison behind the optimiser.
-    config.train.optimizer, config.train.schedule, config.train.learning_rate = "sgd", "constant", 0.05
+    config.train.update(optimizer="sgd", schedule="constant", learning_rate=0.05)
     ds = load_dataset("synthetic", "train", num_examples=256)
     model = get_model("mnist_cnn4")
     state, tx, schedule = initial_state(config, model, ds.image_shape, steps_per_epoch_=8)
@@ -42,8 +42,10 @@ def main():
     assert jax.device_count() == 8, jax.devices()
     params8, loss8 = run(jax.devices())
     params1, loss1 = run(jax.devices()[:1])
-    diffs = [float(np.max(np.abs(a - b))) for a, b in
-             zip(jax.tree.leaves(params8), jax.tree.leaves(params1), strict=True)]
+    diffs = [
+        float(np.max(np.abs(a - b)))
+        for a, b in zip(jax.tree.leaves(params8), jax.tree.leaves(params1), strict=True)
+    ]
     print(json.dumps({"max_param_diff": max(diffs), "loss8": loss8, "loss1": loss1}))
 
 
