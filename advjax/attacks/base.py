@@ -42,6 +42,8 @@ class AttackResult(NamedTuple):
 
 def check_nonnegative(**values: float) -> None:
     for name, value in values.items():
+        if isinstance(value, jax.core.Tracer):  # traced hyperparameters (e.g. eps warm-up)
+            continue
         if value is None or not value >= 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
 
@@ -58,7 +60,8 @@ def check_images(x: jax.Array) -> None:
             "use jnp.transpose(x, (0, 2, 3, 1))"
         )
     if not isinstance(x, jax.core.Tracer):
-        lo, hi = float(np.min(x)), float(np.max(x))
+        values = np.asarray(x)
+        lo, hi = float(values.min()), float(values.max())
         if lo < 0.0 or hi > 1.0:
             raise ValueError(
                 f"images must lie in [0, 1] (normalisation belongs inside the model), "
@@ -111,6 +114,13 @@ class Attack:
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
     ) -> AttackResult:
         raise NotImplementedError
+
+    def scaled(self, factor: Any) -> Attack:
+        """The attack with its budget (eps and step sizes) multiplied by ``factor``.
+
+        ``factor`` may be a traced scalar, e.g. an epsilon warm-up inside a train step.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support budget scaling")
 
     def __call__(
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array

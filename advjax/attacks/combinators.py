@@ -46,6 +46,9 @@ class Restarts(Attack):
         if int(self.num_restarts) != self.num_restarts or self.num_restarts < 1:
             raise ValueError(f"num_restarts must be a positive integer, got {self.num_restarts}")
 
+    def scaled(self, factor: Any) -> Restarts:
+        return dataclasses.replace(self, attack=self.attack.scaled(factor))
+
     def run(self, model_fn, variables, x, y, key) -> AttackResult:
         check_images(x)
         keys = split_keys(key, self.num_restarts)
@@ -63,6 +66,9 @@ class WorstCase(Attack):
     """Runs each attack and keeps the per-example worst case (success first, then objective)."""
 
     attacks: tuple[Attack, ...]
+
+    def scaled(self, factor: Any) -> WorstCase:
+        return WorstCase(tuple(a.scaled(factor) for a in self.attacks))
 
     def run(self, model_fn, variables, x, y: Any, key) -> AttackResult:
         check_images(x)

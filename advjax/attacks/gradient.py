@@ -29,6 +29,7 @@ from advjax.attacks.base import (
     success,
 )
 from advjax.threats import LpBall
+from advjax.threats.lp import is_concrete, scaled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,11 @@ class GradientAttack(Attack):
         if int(self.steps) != self.steps:
             raise ValueError(f"steps must be an integer, got {self.steps}")
         losses.get_loss(self.loss)
+
+    def scaled(self, factor: Any) -> GradientAttack:
+        return dataclasses.replace(
+            self, threat=scaled(self.threat, factor), step_size=self.step_size * factor
+        )
 
     def _objective(self, model_fn: ModelFn, variables: Any, y: Any):
         loss_fn = losses.get_loss(self.loss)
@@ -171,8 +177,11 @@ class RandFGSM(Attack):
 
     def __post_init__(self):
         check_nonnegative(eps=self.eps, alpha=self.alpha)
-        if self.alpha > self.eps:
+        if is_concrete(self.alpha) and is_concrete(self.eps) and self.alpha > self.eps:
             raise ValueError(f"alpha ({self.alpha}) must not exceed eps ({self.eps})")
+
+    def scaled(self, factor: Any) -> RandFGSM:
+        return dataclasses.replace(self, eps=self.eps * factor, alpha=self.alpha * factor)
 
     def run(self, model_fn, variables, x, y, key) -> AttackResult:
         check_images(x)

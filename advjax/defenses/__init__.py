@@ -15,37 +15,45 @@ from advjax.defenses.objectives import (
 )
 
 
-def _pgd_at(cfg) -> CrossEntropyOn:
-    return pgd_at(
-        attacks.pgd(
-            cfg.eps,
-            cfg.step_size,
-            cfg.steps,
-            norm=cfg.get("norm", "linf"),
-            random_init=cfg.get("random_init", True),
-            keep_best=False,
-        )
+def _warmup_steps(cfg, steps_per_epoch: int) -> int:
+    return int(cfg.get("eps_warmup_epochs", 0) * steps_per_epoch)
+
+
+def _pgd_at(cfg, steps_per_epoch: int) -> CrossEntropyOn:
+    attack = attacks.pgd(
+        cfg.eps,
+        cfg.step_size,
+        cfg.steps,
+        norm=cfg.get("norm", "linf"),
+        random_init=cfg.get("random_init", True),
+        keep_best=False,
     )
+    return pgd_at(attack, _warmup_steps(cfg, steps_per_epoch))
 
 
-def _fast_at(cfg) -> CrossEntropyOn:
-    step = cfg.get("step_size", None)
-    return fast_at(attacks.fgsm_rs(cfg.eps, step_size=step, norm=cfg.get("norm", "linf")))
+def _fast_at(cfg, steps_per_epoch: int) -> CrossEntropyOn:
+    attack = attacks.fgsm_rs(
+        cfg.eps, step_size=cfg.get("step_size", None), norm=cfg.get("norm", "linf")
+    )
+    return fast_at(attack, _warmup_steps(cfg, steps_per_epoch))
 
 
 DEFENSES = {
-    "natural": lambda cfg: natural(),
+    "natural": lambda cfg, steps_per_epoch: natural(),
     "pgd_at": _pgd_at,
     "fast_at": _fast_at,
 }
 
 
-def get_defense(cfg: Any):
-    """Builds a defense from a config with a ``name`` field (see ``DEFENSES``)."""
+def get_defense(cfg: Any, steps_per_epoch: int = 1):
+    """Builds a defense from a config with a ``name`` field (see ``DEFENSES``).
+
+    ``steps_per_epoch`` converts epoch counts in the config (``eps_warmup_epochs``) to steps.
+    """
     name = cfg.name
     if name not in DEFENSES:
         raise ValueError(f"unknown defense {name!r}; valid defenses: {', '.join(sorted(DEFENSES))}")
-    return DEFENSES[name](cfg)
+    return DEFENSES[name](cfg, steps_per_epoch)
 
 
 __all__ = [

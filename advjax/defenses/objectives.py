@@ -39,6 +39,15 @@ class CrossEntropyOn:
 
     attack: Attack | None = None
     name: str = "ce"
+    eps_warmup_steps: int = 0
+
+    def at_step(self, step: jax.Array) -> CrossEntropyOn:
+        """The objective at train step ``step``: the attack budget ramps linearly from 0 to its
+        full value over ``eps_warmup_steps`` (epsilon warm-up, ATLAS Sec. 4)."""
+        if self.attack is None or not self.eps_warmup_steps:
+            return self
+        ramp = jnp.minimum(1.0, step.astype(jnp.float32) / self.eps_warmup_steps)
+        return dataclasses.replace(self, attack=self.attack.scaled(ramp))
 
     def __call__(self, model: nn.Module, variables: Any, batch: Batch, keys: jax.Array):
         x, y = batch["image"], batch["label"]
@@ -56,6 +65,9 @@ class WeightedSum:
     """``sum_k w_k L_k``; BatchNorm statistics come from the last term."""
 
     terms: tuple[tuple[float, Any], ...]
+
+    def at_step(self, step: jax.Array) -> WeightedSum:
+        return WeightedSum(tuple((w, term.at_step(step)) for w, term in self.terms))
 
     def __call__(self, model: nn.Module, variables: Any, batch: Batch, keys: jax.Array):
         total, metrics, batch_stats = 0.0, {}, {}
@@ -78,11 +90,11 @@ def natural() -> CrossEntropyOn:
     return CrossEntropyOn(None, name="clean")
 
 
-def pgd_at(attack: Attack) -> CrossEntropyOn:
+def pgd_at(attack: Attack, eps_warmup_steps: int = 0) -> CrossEntropyOn:
     """PGD adversarial training (Madry et al. 2018): CE on PGD examples."""
-    return CrossEntropyOn(attack, name="adv")
+    return CrossEntropyOn(attack, name="adv", eps_warmup_steps=eps_warmup_steps)
 
 
-def fast_at(attack: Attack) -> CrossEntropyOn:
+def fast_at(attack: Attack, eps_warmup_steps: int = 0) -> CrossEntropyOn:
     """Fast AT (Wong et al. 2020): CE on FGSM-with-random-init examples (``attacks.fgsm_rs``)."""
-    return CrossEntropyOn(attack, name="adv")
+    return CrossEntropyOn(attack, name="adv", eps_warmup_steps=eps_warmup_steps)

@@ -29,6 +29,16 @@ NORMS = ("linf", "l2", "l1")
 _BISECTION_STEPS = 48
 
 
+def is_concrete(value) -> bool:
+    """True for Python numbers (hyperparameters may also be traced, e.g. a warmed-up eps)."""
+    return isinstance(value, int | float)
+
+
+def scaled(ball: LpBall, factor) -> LpBall:
+    """The same ball with radius ``factor * eps`` (``factor`` may be traced)."""
+    return dataclasses.replace(ball, eps=ball.eps * factor)
+
+
 def check_norm(norm: str) -> str:
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; valid norms: {', '.join(NORMS)}")
@@ -83,7 +93,7 @@ def project_l2_box(d: jax.Array, lo: jax.Array, hi: jax.Array, eps: float) -> ja
         return jnp.sum(delta**2, axis=1) <= eps**2
 
     d_norm = jnp.sqrt(jnp.sum(d**2, axis=1))
-    s_hi = jnp.maximum(d_norm / max(eps, 1e-30), 1.0) * 1.001 + 1e-6
+    s_hi = jnp.maximum(d_norm / jnp.maximum(eps, 1e-30), 1.0) * 1.001 + 1e-6
     s = _bisect(feasible_at, jnp.ones_like(d_norm), s_hi)
     projected = jnp.clip(d / s[:, None], lo, hi)
     return jnp.where(inside[:, None], clipped, projected)
@@ -122,7 +132,7 @@ class LpBall:
 
     def __post_init__(self):
         check_norm(self.norm)
-        if not self.eps >= 0:
+        if is_concrete(self.eps) and not self.eps >= 0:
             raise ValueError(f"eps must be >= 0, got {self.eps}")
         if not 0 < self.l1_sparsity <= 1:
             raise ValueError(f"l1_sparsity must be in (0, 1], got {self.l1_sparsity}")
@@ -173,7 +183,7 @@ class LpBall:
 
     def project(self, x_adv: jax.Array, x: jax.Array) -> jax.Array:
         """Exact Euclidean projection of ``x_adv`` onto ``B_p(x, eps) ∩ [0, 1]^D``."""
-        if self.eps == 0:
+        if is_concrete(self.eps) and self.eps == 0:
             return jnp.clip(x, 0.0, 1.0)
         if self.norm == "linf":
             return optax.projections.projection_box(
@@ -190,4 +200,6 @@ class LpBall:
     def contains(self, x_adv: jax.Array, x: jax.Array, atol: float = 1e-5) -> jax.Array:
         """Per-example membership test (within ``atol``)."""
         in_box = jnp.all((_flat(x_adv) >= -atol) & (_flat(x_adv) <= 1 + atol), axis=1)
-        return in_box & (lp_norm(x_adv - x, self.norm) <= self.eps + atol * max(1.0, self.eps))
+        return in_box & (
+            lp_norm(x_adv - x, self.norm) <= self.eps + atol * jnp.maximum(1.0, self.eps)
+        )

@@ -108,7 +108,7 @@ def train_and_evaluate(
     mesh = make_mesh()
     step_fn = sharded_train_step(
         model,
-        defenses.get_defense(config.defense),
+        defenses.get_defense(config.defense, spe),
         tx,
         schedule,
         mesh,

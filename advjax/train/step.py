@@ -51,6 +51,7 @@ def train_step(
         images = jax.vmap(lambda k, x: pad_crop_flip(k, x[None])[0])(aug_keys, batch["image"])
         batch = {**batch, "image": images}
     defense_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, 2)
+    defense = defense.at_step(state.step)
 
     def loss_fn(params):
         variables = {**state.variables, "params": params}
