@@ -196,3 +196,27 @@ def test_device_count_invariance_needs_per_example_keys():
     )(key)
     expected = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(4))
     np.testing.assert_array_equal(jax.random.key_data(keys), jax.random.key_data(expected))
+
+
+def test_cifar_config_trains_a_batchnorm_model_with_augmentation(tmp_path):
+    from configs import cifar10
+
+    for variant in cifar10.VARIANTS:
+        assert cifar10.get_config(variant).data.name == "cifar10"
+    config = cifar10.get_config("fast_at")
+    config.data.update(name="synthetic", source="synthetic", num_validation=32)
+    config.data.synthetic = dict(num_examples=96, image_shape=(32, 32, 3))
+    config.model = dict(name="resnet20", depth=8)
+    config.train.update(epochs=1, batch_size=32, progress=False, log_every=1)
+    config.validation.update(num_examples=32, batch_size=32)
+    config.validation.attack.steps = 2
+    state = train_and_evaluate(config, str(tmp_path / "wd"))
+    assert int(state.step) == 2
+    initial, _, _ = initial_state(config, get_model("resnet20", depth=8), (32, 32, 3), 2)
+    moved = [
+        not np.allclose(a, b)
+        for a, b in zip(
+            jax.tree.leaves(state.batch_stats), jax.tree.leaves(initial.batch_stats), strict=True
+        )
+    ]
+    assert state.batch_stats and all(moved)  # running statistics were updated (and pmean-ed)
