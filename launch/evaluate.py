@@ -9,6 +9,11 @@ Reads ``config.json`` and the checkpoint from ``--workdir``; the attack is the c
 
 from __future__ import annotations
 
+from advjax import host
+
+host.keep_freed_memory()  # before JAX starts; see advjax/host.py
+
+# ruff: noqa: E402
 import json
 import os
 import platform

@@ -6,6 +6,11 @@ field with ``--config.a.b=value`` (the config is locked, so a typo is an error).
 
 from __future__ import annotations
 
+from advjax import host
+
+host.keep_freed_memory()  # before JAX starts; see advjax/host.py
+
+# ruff: noqa: E402
 from absl import app, flags, logging
 from ml_collections import config_flags
 

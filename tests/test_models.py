@@ -4,6 +4,7 @@ the registry, and the hashable model-function wrappers (DESIGN.md, "Contracts: M
 from __future__ import annotations
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -245,3 +246,11 @@ def test_model_fn_static_under_jit_single_trace():
     assert out1.shape == out2.shape == (2, 10)
     assert not np.allclose(out1, out2)
     np.testing.assert_array_equal(jitted(ModelFn(model), variables, x), out1)
+
+
+def test_reshape_max_pool_matches_flax_max_pool():
+    from advjax.models.mnist import _max_pool
+
+    x = jax.random.normal(jax.random.key(0), (2, 9, 8, 3))
+    expected = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+    np.testing.assert_array_equal(_max_pool(x), expected)

@@ -220,3 +220,53 @@ def test_cifar_config_trains_a_batchnorm_model_with_augmentation(tmp_path):
         )
     ]
     assert state.batch_stats and all(moved)  # running statistics were updated (and pmean-ed)
+
+
+def test_sigkilled_launch_resumes_to_the_same_parameters(tmp_path):
+    """Kill -9 the real command mid-run, rerun it, and compare with an uninterrupted run."""
+    import signal
+    import time
+
+    workdir = tmp_path / "killed"
+    overrides = [
+        "--config.data.name=synthetic",
+        "--config.data.source=synthetic",
+        "--config.data.num_validation=64",
+        "--config.data.synthetic.num_examples=256",
+        "--config.model.name=mnist_cnn4",
+        "--config.train.epochs=3",
+        "--config.train.batch_size=32",
+        "--config.train.checkpoint_every_steps=2",
+        "--config.validation.attack.steps=3",
+        "--config.validation.num_examples=64",
+    ]
+    args = [
+        sys.executable,
+        "-m",
+        "launch.train",
+        f"--config={REPO}/configs/mnist.py:fast_at",
+        f"--workdir={workdir}",
+        *overrides,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (workdir / "checkpoints" / "8").exists():
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = Checkpointer(str(workdir)).latest_step()
+    assert killed_at is not None and killed_at < 18, killed_at
+    _run(args[1:], cwd=REPO)
+
+    config = tiny_config("fast_at", epochs=3)
+    config.train.checkpoint_every_steps = 2
+    reference = train_and_evaluate(config, str(tmp_path / "reference"))
+    template, _, _ = initial_state(config, get_model("mnist_cnn4"), (28, 28, 1), 6)
+    resumed = Checkpointer(str(workdir)).restore(template)
+    assert int(resumed.step) == int(reference.step) == 18
+    _assert_states_equal(reference, resumed)
