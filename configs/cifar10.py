@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import common
+
 VARIANTS = ("natural", "pgd_at", "fast_at")
 
 
@@ -75,11 +77,5 @@ def get_config(arg: str = "fast_at") -> ml_collections.ConfigDict:
         num_examples=0,
         checkpoint="best",
     )
-    c.distributed = dict(
-        initialize=False,
-        coordinator_address="",
-        num_processes=1,
-        process_id=0,
-        cpu_collectives=True,
-    )
+    c.distributed = common.distributed()
     return c
