@@ -52,12 +52,12 @@ def get_config(arg: str = "fast_at") -> ml_collections.ConfigDict:
         c.defense.update(step_size=0.01, steps=20)
 
     c.train = dict(
-        epochs={"natural": 2, "fast_at": 10, "pgd_at": 30}[arg],
+        epochs={"natural": 3, "fast_at": 10, "pgd_at": 30}[arg],
         batch_size=128,
-        optimizer="sgd",
+        optimizer="adam" if arg == "natural" else "sgd",
         momentum=0.9,
         nesterov=False,
-        learning_rate=0.02,
+        learning_rate=1e-3 if arg == "natural" else 0.02,
         schedule="cyclic",  # linear 0 -> lr over 40% of training, then -> 0
         peak_fraction=0.4,
         weight_decay=0.0,
