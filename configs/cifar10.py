@@ -70,6 +70,7 @@ def get_config(arg: str = "fast_at") -> ml_collections.ConfigDict:
         num_examples=1000,
         batch_size=500,
         every_epochs=1,
+        metric="val_clean_accuracy" if arg == "natural" else "val_robust_accuracy",
     )
     c.evaluate = dict(
         attack=dict(name="pgd", eps=eps, step_size=2 / 255, steps=20, restarts=1),

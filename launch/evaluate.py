@@ -50,7 +50,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def restore_variables(config, workdir: str, which: str, image_shape):
     model = build_model(config)
     template, _, _ = initial_state(config, model, image_shape, steps_per_epoch_=1)
-    ckpt = Checkpointer(workdir)
+    ckpt = Checkpointer(workdir, metric=config.validation.get("metric", "val_robust_accuracy"))
     if which in ("best", "latest"):
         step = ckpt.best_step() if which == "best" else ckpt.latest_step()
         if step is None and which == "best":  # no validation ran: fall back to the latest

@@ -98,7 +98,11 @@ def train_and_evaluate(
     total_steps = int(tc.epochs * spe)
     state, tx, schedule = initial_state(config, model, train_ds.image_shape, spe)
 
-    ckpt = Checkpointer(workdir, keep=tc.get("keep_checkpoints", 2))
+    ckpt = Checkpointer(
+        workdir,
+        keep=tc.get("keep_checkpoints", 2),
+        metric=config.validation.get("metric", "val_robust_accuracy"),
+    )
     start = ckpt.latest_step()
     if start is not None:
         state = ckpt.restore(state)
