@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advjax import models
+
 ModelFn = Callable[[Any, jax.Array], jax.Array]
 
 
@@ -49,16 +51,8 @@ def check_nonnegative(**values: float) -> None:
 
 
 def check_images(x: jax.Array) -> None:
-    """Static NHWC check always; value-range check when ``x`` is concrete (not under jit)."""
-    if x.ndim != 4:
-        raise ValueError(
-            f"expected images of shape [batch, height, width, channels] (NHWC), got shape {x.shape}"
-        )
-    if x.shape[1] in (1, 3) and x.shape[3] not in (1, 3):
-        raise ValueError(
-            f"images of shape {x.shape} look like NCHW; advjax expects NHWC: "
-            "use jnp.transpose(x, (0, 2, 3, 1))"
-        )
+    """The models' static NHWC checks, plus a [0, 1] range check when ``x`` is concrete."""
+    models.check_images(x)
     if not isinstance(x, jax.core.Tracer):
         values = np.asarray(x)
         lo, hi = float(values.min()), float(values.max())
