@@ -270,3 +270,14 @@ def test_sigkilled_launch_resumes_to_the_same_parameters(tmp_path):
     resumed = Checkpointer(str(workdir)).restore(template)
     assert int(resumed.step) == int(reference.step) == 18
     _assert_states_equal(reference, resumed)
+
+
+def test_eval_step_is_built_once_per_model_attack_and_mesh():
+    from advjax import attacks
+    from advjax.train import sharded_eval_step
+
+    mesh = make_mesh()
+    model = get_model("mnist_cnn4")
+    first = sharded_eval_step(model, attacks.pgd(0.3, 0.01, 2), mesh)
+    assert sharded_eval_step(get_model("mnist_cnn4"), attacks.pgd(0.3, 0.01, 2), mesh) is first
+    assert sharded_eval_step(model, attacks.pgd(0.3, 0.01, 3), mesh) is not first

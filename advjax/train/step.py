@@ -114,8 +114,12 @@ def sharded_train_step(model, defense, tx, schedule, mesh: Mesh, augment: bool =
     return jax.jit(mapped, donate_argnums=(0,))
 
 
+@functools.cache
 def sharded_eval_step(model, attack, mesh: Mesh):
-    """``jit(shard_map(eval_step))`` returning global sums of clean/robust correctness."""
+    """``jit(shard_map(eval_step))`` returning global sums of clean/robust correctness.
+
+    Cached on its (hashable) arguments, so validation after every epoch reuses one compilation.
+    """
     fn = functools.partial(eval_step, model=model, attack=attack)
     mapped = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(AXIS), P()), out_specs=P())
     return jax.jit(mapped)
