@@ -33,3 +33,52 @@ def keep_freed_memory() -> bool:
         mallopt(param, value)
         for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
     )
+
+
+# XLA:CPU sends convolutions to YNNPACK by default. On this 2-core machine YNNPACK's convolutions
+# scaled worse from one thread to two than the Eigen path (PGD-20 on MnistCNN4: 1.36x PyTorch with
+# the default, 0.89x with YNNPACK restricted to individual dots; results/benchmark_pgd.md).
+YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+
+
+def _jaxlib_knows(*needles: bytes) -> bool:
+    """Whether jaxlib's XLA binary contains all ``needles`` (XLA aborts on unknown flags)."""
+    import importlib.util
+    import mmap
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("jaxlib")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    for folder in spec.submodule_search_locations:
+        for library in sorted(Path(folder).glob("libjax_common*.so")):
+            with open(library, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                if all(m.find(needle) >= 0 for needle in needles):
+                    return True
+    return False
+
+
+def tune_xla_cpu() -> bool:
+    """Adds ``YNN_FLAG`` to ``XLA_FLAGS`` when this jaxlib knows it and the user has not set it.
+
+    Must run before JAX initialises its backends (the first computation). Returns whether the
+    flag is now in effect. Set ``ADVJAX_NO_XLA_TUNING=1`` to leave ``XLA_FLAGS`` alone.
+    """
+    import os
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    name, value = YNN_FLAG.split("=")
+    if name in flags:
+        return YNN_FLAG in flags
+    if os.environ.get("ADVJAX_NO_XLA_TUNING") or not _jaxlib_knows(
+        name[2:].encode(), value.encode()
+    ):
+        return False
+    os.environ["XLA_FLAGS"] = f"{flags} {YNN_FLAG}".strip()
+    return True
+
+
+def configure() -> None:
+    """Process settings for fast XLA:CPU: ``keep_freed_memory()`` and ``tune_xla_cpu()``."""
+    keep_freed_memory()
+    tune_xla_cpu()

@@ -94,6 +94,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="tuned (default, as launch/*.py): advjax.host.keep_freed_memory() first; "
         "glibc: the C library's defaults",
     )
+    p.add_argument(
+        "--xla_tuning",
+        choices=("advjax", "none"),
+        default="advjax",
+        help="advjax (default, as launch/*.py): advjax.host.tune_xla_cpu() adds its XLA:CPU "
+        "flag; none: XLA's defaults",
+    )
     p.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS before jax loads")
     p.add_argument(
         "--max_seconds",
@@ -123,6 +130,11 @@ def configure_process(args: argparse.Namespace) -> dict:
             raise RuntimeError("mallopt failed (not glibc?); rerun with --malloc glibc")
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
+    if args.xla_tuning == "advjax":
+        sys.path.insert(0, str(REPO))
+        from advjax.host import tune_xla_cpu  # as the launch scripts do
+
+        tune_xla_cpu()
     return {"cpus": cpus}
 
 
@@ -298,6 +310,7 @@ def main(argv=None) -> None:
     )
     print(
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; malloc: {args.malloc}; "
+        f"xla_tuning: {args.xla_tuning}; "
         f"loadavg before: {' '.join(f'{a:.2f}' for a in os.getloadavg())}"
     )
     print(

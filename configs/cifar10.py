@@ -72,11 +72,18 @@ def get_config(arg: str = "fast_at") -> ml_collections.ConfigDict:
         every_epochs=1,
         metric="val_clean_accuracy" if arg == "natural" else "val_robust_accuracy",
     )
+    # `python -m launch.evaluate`: names from advjax.eval.presets, comma-separated.
     c.evaluate = dict(
-        attack=dict(name="pgd", eps=eps, step_size=2 / 255, steps=20, restarts=1),
+        suite="clean,pgd20",
+        norm="linf",
+        eps="8/255",  # exact fraction, not 0.031
+        step_size=2 / 255,
+        restarts=1,
         batch_size=500,
         num_examples=0,
         checkpoint="best",
+        checks=True,
+        check_examples=200,
     )
     c.distributed = common.distributed()
     return c

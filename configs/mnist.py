@@ -2,7 +2,8 @@
 
 Variants (``--config=configs/mnist.py:VARIANT``): ``natural``, ``pgd_at``, ``fast_at``.
 
-Train, then evaluate on the 10k test set (clean and PGD-40, eps 0.3, step 0.01, random start)::
+Train, then evaluate on the 10k test set (clean and PGD-40, eps 0.3, step 0.01, random start;
+add attacks with ``--suite=clean,pgd40,untargeted,aa_standard``)::
 
     python -m launch.train --config=configs/mnist.py:fast_at --workdir=workdirs/mnist_fast_at
     python -m launch.evaluate --workdir=workdirs/mnist_fast_at
@@ -77,12 +78,20 @@ def get_config(arg: str = "fast_at") -> ml_collections.ConfigDict:
         metric="val_clean_accuracy" if arg == "natural" else "val_robust_accuracy",
     )
 
-    # `python -m launch.evaluate`: test set, clean and PGD-40 (eps 0.3, step 0.01, random start).
+    # `python -m launch.evaluate`: the test set under the attacks of `suite` (names from
+    # advjax.eval.presets, comma-separated; e.g. "clean,pgd20,pgd1000,untargeted,multitargeted,
+    # aa_standard" for ATLAS Table 1), Linf eps 0.3, PGD-family step 0.01 (ATLAS App. B).
     c.evaluate = dict(
-        attack=dict(name="pgd", eps=eps, step_size=0.01, steps=40, restarts=1),
+        suite="clean,pgd40",
+        norm="linf",
+        eps="0.3",  # a number or an exact fraction such as "8/255"
+        step_size=0.01,
+        restarts=1,
         batch_size=500,
         num_examples=0,  # 0: the whole test set
         checkpoint="best",
+        checks=True,  # gradient-masking checks (advjax.eval.checks) on the first points
+        check_examples=200,
     )
 
     c.distributed = common.distributed()

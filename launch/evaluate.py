@@ -1,31 +1,36 @@
-"""Evaluates a trained model: clean and PGD robust accuracy on the test set.
+"""Evaluates a trained model on the test set under a suite of attacks.
 
     python -m launch.evaluate --workdir=workdirs/mnist_fast_at [--checkpoint=best|latest|STEP]
+    python -m launch.evaluate --workdir=... --suite=clean,pgd20,pgd1000,untargeted,aa_standard
 
-Reads ``config.json`` and the checkpoint from ``--workdir``; the attack is the config's
-``evaluate.attack`` (PGD-40, eps 0.3, step 0.01, random start for MNIST). Writes
-``report.json`` and ``report.md`` into the workdir.
+Reads ``config.json`` and the checkpoint from ``--workdir``. The attacks are ``--suite`` or the
+config's ``evaluate.suite`` (names from ``advjax.eval.presets``), with the threat model of
+``evaluate.norm`` / ``evaluate.eps`` (exact fractions such as ``8/255`` are kept as such). Progress
+is saved after every batch under ``<output>/eval_state/``: rerunning an interrupted command resumes
+it. Writes ``report.json`` (per-attack and worst-case accuracy, protocols, gradient-masking checks)
+and ``report.md`` into the output directory (default: the workdir).
 """
 
 from __future__ import annotations
 
 from advjax import host
 
-host.keep_freed_memory()  # before JAX starts; see advjax/host.py
+host.configure()  # malloc and XLA:CPU settings, before JAX starts; see advjax/host.py
 
 # ruff: noqa: E402
 import json
 import os
-import platform
 import time
+import zlib
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-import advjax
-from advjax.eval import attack_from_config, evaluate_accuracy
+from advjax.eval import checks, presets, report, suite
+from advjax.models import make_model_fn
 from advjax.train.checkpoint import Checkpointer
 from advjax.train.loop import build_model, initial_state, load_split
 
@@ -34,6 +39,10 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "best, latest or a step (d
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", None, "Evaluate on the first N test images.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Override the config's data.data_dir.")
 _OUTPUT = flags.DEFINE_string("output", None, "Report directory (default: --workdir).")
+_SUITE = flags.DEFINE_string(
+    "suite", None, "Comma-separated attack names (default: the config's evaluate.suite)."
+)
+_CHECKS = flags.DEFINE_boolean("checks", None, "Run the gradient-masking checks (default: config).")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -62,27 +71,17 @@ def restore_variables(config, workdir: str, which: str, image_shape):
     return model, state.variables, {"kind": which, "step": int(step)}
 
 
-def markdown_report(report: dict) -> str:
-    attack = report["attack"]
-    name = f"{attack['name'].upper()}-{attack['steps']}"
-    lines = [
-        f"# Evaluation of `{report['workdir']}`",
-        "",
-        f"{report['dataset']} test set, {report['num_examples']} images, checkpoint "
-        f"{report['checkpoint']['kind']} (step {report['checkpoint']['step']}).",
-        f"Attack: {name}, {attack.get('norm', 'linf')} eps {attack['eps']}, step "
-        f"{attack['step_size']}, {attack.get('restarts', 1)} restart(s), random start; "
-        f"seed {report['seed']}.",
-        "",
-        f"| model | defense | clean | {name} |",
-        "| --- | --- | --- | --- |",
-        f"| {report['model']} | {report['defense']} | {100 * report['clean_accuracy']:.2f}% | "
-        f"{100 * report['robust_accuracy']:.2f}% |",
-        "",
-        f"advjax {report['advjax_version']}, jax {report['jax_version']}, "
-        f"{report['devices']}, {report['eval_time_s']:.0f} s.",
-    ]
-    return "\n".join(lines) + "\n"
+def threat_settings(ec: ml_collections.ConfigDict, num_classes: int) -> presets.ThreatSettings:
+    eps, eps_text = presets.parse_eps(ec.eps)
+    step = ec.get("step_size")
+    return presets.ThreatSettings(
+        norm=ec.get("norm", "linf"),
+        eps=eps,
+        eps_text=eps_text,
+        step_size=float(step) if step else None,
+        restarts=int(ec.get("restarts", 1)),
+        num_classes=num_classes,
+    )
 
 
 def evaluate_workdir(
@@ -91,6 +90,8 @@ def evaluate_workdir(
     num_examples: int | None = None,
     data_dir: str | None = None,
     output: str | None = None,
+    suite_names: str | None = None,
+    run_checks: bool | None = None,
 ) -> dict:
     config = load_config(workdir)
     ec = config.evaluate
@@ -101,53 +102,80 @@ def evaluate_workdir(
     model, variables, ckpt_info = restore_variables(
         config, workdir, checkpoint or ec.get("checkpoint", "best"), test.image_shape
     )
-    attack_cfg = ec.attack.to_dict()
+    model_fn = make_model_fn(model)
+    settings = threat_settings(ec, test.num_classes)
+    names = [a.strip() for a in (suite_names or ec.suite).split(",") if a.strip()]
+    out = output or workdir
+    seed = config.seed + 2
+    fingerprint = f"{names}{settings}{ckpt_info}{len(test)}{seed}"
+    state_path = os.path.join(
+        out,
+        "eval_state",
+        f"{ckpt_info['kind']}{ckpt_info['step']}_{zlib.crc32(fingerprint.encode()):08x}.npz",
+    )
     start = time.time()
-    result = evaluate_accuracy(
-        model,
+    result = suite.evaluate_suite(
+        model_fn,
         variables,
         test,
-        attack_from_config(attack_cfg),
-        ec.get("batch_size", 500),
-        jax.random.key(config.seed + 2),
+        names,
+        settings=settings,
+        batch_size=ec.get("batch_size", 500),
+        key=jax.random.key(seed),
+        state_path=state_path,
         progress=True,
-        desc="evaluate",
     )
-    report = {
-        "workdir": os.path.abspath(workdir),
-        "dataset": config.data.name,
-        "split": "test",
-        "model": config.model.name,
-        "defense": config.defense.name,
-        "checkpoint": ckpt_info,
-        "attack": attack_cfg,
-        "seed": config.seed + 2,
-        **result,
-        "eval_time_s": time.time() - start,
-        "advjax_version": advjax.__version__,
-        "jax_version": jax.__version__,
-        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-        "host": platform.processor() or platform.machine(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    out = output or workdir
+    eval_time = time.time() - start
+    check_out = None
+    if ec.get("checks", True) if run_checks is None else run_checks:
+        m = min(int(ec.get("check_examples", 200)), len(test))
+        x = jnp.asarray(test.images[:m], jnp.float32) / 255.0
+        y = jnp.asarray(test.labels[:m])
+        check_out = checks.run_checks(
+            model_fn, variables, x, y, jax.random.key(seed + 1), settings, result
+        )
+        for warning in check_out[1]:
+            logging.warning("gradient-masking check: %s", warning)
+    acc = result.accuracy()
+    rep = report.build_report(
+        result,
+        settings,
+        seed=seed,
+        dataset=config.data.name,
+        model=config.model.name,
+        defense=config.defense.name,
+        checks=check_out,
+        extra={
+            "workdir": os.path.abspath(workdir),
+            "checkpoint": ckpt_info,
+            "clean_accuracy": acc["clean"],
+            "robust_accuracy": acc["worst_case"],
+            "eval_time_s": eval_time,
+        },
+    )
     if jax.process_index() == 0:
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "report.json"), "w") as f:
-            json.dump(report, f, indent=2)
+            json.dump(rep, f, indent=2)
         with open(os.path.join(out, "report.md"), "w") as f:
-            f.write(markdown_report(report))
-    return report
+            f.write(report.markdown_table(rep))
+    return rep
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
-    report = evaluate_workdir(
-        _WORKDIR.value, _CHECKPOINT.value, _NUM_EXAMPLES.value, _DATA_DIR.value, _OUTPUT.value
+    rep = evaluate_workdir(
+        _WORKDIR.value,
+        _CHECKPOINT.value,
+        _NUM_EXAMPLES.value,
+        _DATA_DIR.value,
+        _OUTPUT.value,
+        _SUITE.value,
+        _CHECKS.value,
     )
-    print(markdown_report(report))
+    print(report.markdown_table(rep))
 
 
 if __name__ == "__main__":

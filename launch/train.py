@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from advjax import host
 
-host.keep_freed_memory()  # before JAX starts; see advjax/host.py
+host.configure()  # malloc and XLA:CPU settings, before JAX starts; see advjax/host.py
 
 # ruff: noqa: E402
 from absl import app, flags, logging

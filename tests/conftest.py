@@ -5,9 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import pytest
+from advjax import host
+
+# The launch scripts' XLA:CPU settings, so that runs in this process and in launched commands
+# compute the same numbers (the bit-for-bit resume tests compare the two).
+host.configure()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ADVJAX_SHARED_DIR", REPO.parent / "shared"))

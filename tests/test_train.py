@@ -139,8 +139,9 @@ def test_launch_train_then_evaluate(tmp_path):
         "--config.train.batch_size=32",
         "--config.validation.attack.steps=2",
         "--config.validation.num_examples=64",
-        "--config.evaluate.attack.steps=3",
+        "--config.evaluate.suite=clean,pgd3,fgsm",
         "--config.evaluate.num_examples=100",
+        "--config.evaluate.check_examples=32",
     ]
     _run(
         [
@@ -152,11 +153,19 @@ def test_launch_train_then_evaluate(tmp_path):
         ],
         cwd=REPO,
     )
-    _run(["-m", "launch.evaluate", f"--workdir={workdir}"], cwd=REPO)
+    _run(["-m", "launch.evaluate", f"--workdir={workdir}"], cwd=REPO, timeout=600)
     report = json.loads((workdir / "report.json").read_text())
-    assert report["num_examples"] == 100 and report["attack"]["steps"] == 3
+    assert report["num_examples"] == 100 and report["complete"]
+    by_name = {a["name"]: a for a in report["attacks"]}
+    assert list(by_name) == ["clean", "pgd3", "fgsm"]
+    assert by_name["pgd3"]["protocol"]["steps"] == 3
+    assert by_name["pgd3"]["protocol"]["eps_text"] == "0.3"
+    assert report["threat_model"]["norm"] == "linf"
     assert 0.0 <= report["robust_accuracy"] <= report["clean_accuracy"] <= 1.0
-    assert "| mnist_cnn4 | natural |" in (workdir / "report.md").read_text()
+    assert report["robust_accuracy"] <= min(a["accuracy"] for a in report["attacks"])
+    assert "pgd20_accuracy_vs_eps" in report["checks"] and isinstance(report["warnings"], list)
+    table = (workdir / "report.md").read_text()
+    assert "| mnist_cnn4 | natural |" in table and "PGD-3" in table and "worst case" in table
     bad = subprocess.run(
         [
             sys.executable,

@@ -22,6 +22,7 @@ def tiny_config(defense: str = "fast_at", epochs: int = 2):
     c.validation.attack.steps = 3
     c.validation.num_examples = 64
     c.validation.batch_size = 32
-    c.evaluate.attack.steps = 3
+    c.evaluate.suite = "clean,pgd3"
+    c.evaluate.check_examples = 32
     c.evaluate.batch_size = 64
     return c

@@ -1,7 +1,14 @@
 """Pure, jittable, vmappable attacks: ``attack(model_fn, variables, x, y, key) -> x_adv``."""
 
 from advjax.attacks.base import Attack, AttackResult, split_keys, success
-from advjax.attacks.combinators import Restarts, WorstCase, restarts, worst_case
+from advjax.attacks.combinators import (
+    Cascade,
+    Restarts,
+    WorstCase,
+    cascade,
+    restarts,
+    worst_case,
+)
 from advjax.attacks.gradient import (
     GradientAttack,
     RandFGSM,
@@ -34,11 +41,13 @@ __all__ = [
     "ATTACKS",
     "Attack",
     "AttackResult",
+    "Cascade",
     "GradientAttack",
     "RandFGSM",
     "Restarts",
     "WorstCase",
     "bim",
+    "cascade",
     "fgsm",
     "fgsm_rs",
     "get_attack",

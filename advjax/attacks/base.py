@@ -73,6 +73,24 @@ def split_keys(key: jax.Array, num: int) -> jax.Array:
     return jax.vmap(lambda k: jax.random.split(k, num), out_axes=1)(key)
 
 
+MODEL_KEY = "noise_rng"
+
+
+def with_model_key(variables: Any, key: jax.Array) -> Any:
+    """``variables`` with a PRNG key for a randomised model under ``MODEL_KEY``.
+
+    Randomised models (noise injection, random transforms) are ``model_fn``s that read
+    ``variables[MODEL_KEY]``; attacks with expectation over transformation (EoT) call them with a
+    fresh key per draw. Deterministic models never see this key.
+    """
+    if not isinstance(variables, dict):
+        raise TypeError(
+            f"randomised models take dict variables (the key goes under {MODEL_KEY!r}), "
+            f"got {type(variables).__name__}"
+        )
+    return {**variables, MODEL_KEY: key}
+
+
 def is_label_vector(y: Any) -> bool:
     return (
         isinstance(y, jax.Array | np.ndarray)

@@ -3,6 +3,7 @@
 * ``restarts(attack, n)``: run ``attack`` from ``n`` independent keys (vmapped) and keep, per
   example, the worst case (success first, then the higher objective).
 * ``worst_case(*attacks)``: run several attacks and keep the per-example worst case.
+* ``cascade(*attacks)``: run attacks in order, each on the points still robust (AutoAttack).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax.attacks.base import Attack, AttackResult, better, check_images, split_keys
+from advjax.losses import margin
 
 
 def _select(take: jax.Array, new: AttackResult, old: AttackResult) -> AttackResult:
@@ -83,3 +85,50 @@ def worst_case(*attacks: Attack) -> WorstCase:
     if not attacks:
         raise ValueError("worst_case needs at least one attack")
     return WorstCase(tuple(attacks))
+
+
+@dataclasses.dataclass(frozen=True)
+class Cascade(Attack):
+    """Runs attacks in order, each only on the points that are still robust (AutoAttack's scheme).
+
+    Shapes stay fixed: every attack sees the whole batch, but its result is taken only for points
+    that no earlier attack broke, and it is skipped (``lax.cond``) once every point of the batch is
+    broken. A point counts as broken when the model misclassifies the returned ``x_adv``
+    (re-checked here, not taken from the attack's own report). Points the model misclassifies
+    already at ``x`` count as broken from the start. ``y`` are labels (untargeted).
+    """
+
+    attacks: tuple[Attack, ...]
+
+    def scaled(self, factor: Any) -> Cascade:
+        return Cascade(tuple(a.scaled(factor) for a in self.attacks))
+
+    def run(self, model_fn, variables, x, y, key) -> AttackResult:
+        check_images(x)
+        keys = split_keys(key, len(self.attacks))
+
+        def misclassified(x_):
+            return jnp.argmax(model_fn(variables, x_), axis=-1) != y
+
+        broken = misclassified(x)
+        x_adv = x
+        for attack, k in zip(self.attacks, keys, strict=True):
+
+            def attack_remaining(carry, attack=attack, k=k):
+                x_adv, broken = carry
+                result = attack.run(model_fn, variables, x, y, k)
+                new = ~broken & result.success & misclassified(result.x_adv)
+                return jnp.where(new[:, None, None, None], result.x_adv, x_adv), broken | new
+
+            x_adv, broken = jax.lax.cond(
+                jnp.all(broken), lambda carry: carry, attack_remaining, (x_adv, broken)
+            )
+        logits = model_fn(variables, x_adv)
+        return AttackResult(x_adv=x_adv, loss=margin(logits, y), success=broken)
+
+
+def cascade(*attacks: Attack) -> Cascade:
+    """Attacks run in order on the points still robust; per point, the first success is kept."""
+    if not attacks:
+        raise ValueError("cascade needs at least one attack")
+    return Cascade(tuple(attacks))

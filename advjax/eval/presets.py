@@ -1,0 +1,264 @@
+"""Named evaluation attacks: ``"pgd20"``, ``"untargeted"``, ``"aa_standard"``, ...
+
+A suite entry is a name from ``PRESETS`` (or ``pgd<N>`` for PGD with N steps) resolved with the
+suite's threat model (``norm``, ``eps``) into an attack and a protocol record for the report, or a
+dict ``{"name": <attack from advjax.attacks.ATTACKS>, "label": ..., **hyperparameters}``.
+
+Epsilons are exact: ``parse_eps("8/255")`` keeps the fraction, and reports print both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fractions
+import inspect
+import re
+from collections.abc import Callable
+from typing import Any
+
+from advjax import attacks
+
+
+def parse_eps(eps: float | str) -> tuple[float, str]:
+    """``"8/255" -> (0.0313..., "8/255")``; ``0.3 -> (0.3, "0.3")``. Rejects negative values."""
+    if isinstance(eps, str):
+        text = eps.strip()
+        try:
+            value = float(fractions.Fraction(text))
+        except (ValueError, ZeroDivisionError) as e:
+            raise ValueError(f"eps must be a number or a fraction like '8/255', got {eps!r}") from e
+    else:
+        value, text = float(eps), repr(float(eps))
+    if not value >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps!r}")
+    return value, text
+
+
+@dataclasses.dataclass(frozen=True)
+class ThreatSettings:
+    """The suite-wide threat model and defaults that presets read."""
+
+    norm: str = "linf"
+    eps: float = 0.3
+    eps_text: str = "0.3"
+    step_size: float | None = None  # PGD-family step; None: 2.5 eps / steps (Madry et al.)
+    restarts: int = 1
+    num_classes: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One column of the evaluation: a labelled attack (``None`` for clean) and its protocol."""
+
+    name: str
+    label: str
+    attack: attacks.Attack | None
+    protocol: dict[str, Any]
+    kind: str = "white-box"  # white-box, black-box, hard-label, transfer, clean
+    bounded: bool = True  # x_adv must lie in the lp ball of (norm, eps) (checked per point)
+
+
+def _protocol(s: ThreatSettings, **extra) -> dict[str, Any]:
+    return {"norm": s.norm, "eps": s.eps, "eps_text": s.eps_text, **extra}
+
+
+def _with_restarts(attack: attacks.Attack, restarts: int) -> attacks.Attack:
+    return attacks.restarts(attack, restarts) if restarts > 1 else attack
+
+
+def _pgd(steps: int) -> Callable[[ThreatSettings], Entry]:
+    def build(s: ThreatSettings) -> Entry:
+        step = s.step_size if s.step_size is not None else 2.5 * s.eps / steps
+        attack = attacks.pgd(s.eps, step, steps, norm=s.norm)
+        protocol = _protocol(
+            s,
+            attack="pgd",
+            loss="ce",
+            steps=steps,
+            step_size=step,
+            restarts=s.restarts,
+            random_init=True,
+        )
+        return Entry(f"pgd{steps}", f"PGD-{steps}", _with_restarts(attack, s.restarts), protocol)
+
+    return build
+
+
+def _fgsm(s: ThreatSettings) -> Entry:
+    return Entry("fgsm", "FGSM", attacks.fgsm(s.eps, norm=s.norm), _protocol(s, attack="fgsm"))
+
+
+def _mifgsm(s: ThreatSettings) -> Entry:
+    attack = attacks.mifgsm(s.eps, steps=10, norm=s.norm)
+    return Entry("mifgsm", "MI-FGSM", attack, _protocol(s, attack="mifgsm", steps=10, decay=1.0))
+
+
+def _untargeted(s: ThreatSettings) -> Entry:
+    from advjax.attacks import multitarget
+
+    kwargs = {} if s.step_size is None else {"step_size": s.step_size}
+    attack = multitarget.untargeted(s.eps, norm=s.norm, restarts=s.restarts, **kwargs)
+    return Entry("untargeted", "Un-T", attack, _protocol(s, **_describe(attack)))
+
+
+def _multitargeted(s: ThreatSettings) -> Entry:
+    from advjax.attacks import multitarget
+
+    kwargs = {} if s.step_size is None else {"step_size": s.step_size}
+    attack = multitarget.multitargeted(s.eps, norm=s.norm, restarts=s.restarts, **kwargs)
+    return Entry("multitargeted", "Multi-T", attack, _protocol(s, **_describe(attack)))
+
+
+def _apgd(loss: str) -> Callable[[ThreatSettings], Entry]:
+    def build(s: ThreatSettings) -> Entry:
+        from advjax.attacks import apgd
+
+        attack = apgd.apgd(s.eps, norm=s.norm, loss=loss, n_restarts=s.restarts)
+        name = f"apgd_{loss}"
+        return Entry(name, f"APGD-{loss.upper()}", attack, _protocol(s, **_describe(attack)))
+
+    return build
+
+
+def _apgd_t(s: ThreatSettings) -> Entry:
+    from advjax.attacks import apgd
+
+    targets = min(9, s.num_classes - 1)
+    attack = apgd.apgd_t(s.eps, norm=s.norm, n_target_classes=targets)
+    return Entry("apgd_t", "APGD-T", attack, _protocol(s, **_describe(attack)))
+
+
+def _fab_t(s: ThreatSettings) -> Entry:
+    from advjax.attacks import fab
+
+    targets = min(9, s.num_classes - 1)
+    attack = fab.fab_t(s.eps, norm=s.norm, n_target_classes=targets)
+    return Entry("fab_t", "FAB-T", attack, _protocol(s, **_describe(attack)))
+
+
+def _square(s: ThreatSettings) -> Entry:
+    from advjax.attacks import square
+
+    attack = square.square(s.eps, norm=s.norm)
+    return Entry("square", "Square", attack, _protocol(s, **_describe(attack)), kind="black-box")
+
+
+def _rays(s: ThreatSettings) -> Entry:
+    from advjax.attacks import rays
+
+    if s.norm != "linf":
+        raise ValueError(f"rays is an Linf attack; the suite's norm is {s.norm!r}")
+    attack = rays.rays(s.eps)
+    return Entry("rays", "RayS", attack, _protocol(s, **_describe(attack)), kind="hard-label")
+
+
+def _autoattack(version: str) -> Callable[[ThreatSettings], Entry]:
+    def build(s: ThreatSettings) -> Entry:
+        from advjax.attacks import autoattack
+
+        attack = autoattack.autoattack(
+            s.eps, norm=s.norm, version=version, num_classes=s.num_classes
+        )
+        label = {"standard": "AA", "plus": "AA+", "rand": "AA-rand"}[version]
+        protocol = _protocol(
+            s, attack=f"autoattack_{version}", components=list(autoattack.COMPONENTS[version])
+        )
+        return Entry(f"aa_{version}", label, attack, protocol)
+
+    return build
+
+
+def _minimum_norm(name: str, label: str) -> Callable[[ThreatSettings], Entry]:
+    def build(s: ThreatSettings) -> Entry:
+        from advjax.attacks import minimum_norm
+
+        if s.norm != "l2":
+            raise ValueError(f"{name} is an L2 attack; set the suite's norm to 'l2'")
+        attack = getattr(minimum_norm, name)(eps=s.eps)
+        return Entry(name, label, attack, _protocol(s, **_describe(attack)))
+
+    return build
+
+
+def _sparse(name: str, label: str) -> Callable[[ThreatSettings], Entry]:
+    def build(s: ThreatSettings) -> Entry:
+        from advjax.attacks import sparse
+
+        attack = getattr(sparse, name)()
+        protocol = {"norm": "l0", **_describe(attack)}
+        return Entry(name, label, attack, protocol, bounded=False)
+
+    return build
+
+
+def _clean(s: ThreatSettings) -> Entry:
+    del s
+    return Entry("clean", "Clean", None, {"attack": "none"}, kind="clean", bounded=False)
+
+
+PRESETS: dict[str, Callable[[ThreatSettings], Entry]] = {
+    "clean": _clean,
+    "fgsm": _fgsm,
+    "mifgsm": _mifgsm,
+    "untargeted": _untargeted,
+    "multitargeted": _multitargeted,
+    "apgd_ce": _apgd("ce"),
+    "apgd_dlr": _apgd("dlr"),
+    "apgd_t": _apgd_t,
+    "fab_t": _fab_t,
+    "square": _square,
+    "rays": _rays,
+    "aa_standard": _autoattack("standard"),
+    "aa_plus": _autoattack("plus"),
+    "aa_rand": _autoattack("rand"),
+    "cw_l2": _minimum_norm("cw_l2", "C&W"),
+    "ddn": _minimum_norm("ddn", "DDN"),
+    "jsma": _sparse("jsma", "JSMA"),
+    "pointwise": _sparse("pointwise", "Point-wise"),
+}
+_PGD_NAME = re.compile(r"pgd(\d+)$")
+
+
+def _describe(attack: attacks.Attack) -> dict[str, Any]:
+    """The attack's hyperparameters as a JSON-friendly dict (for the report)."""
+    out: dict[str, Any] = {"attack": type(attack).__name__}
+    for field in dataclasses.fields(attack):
+        value = getattr(attack, field.name)
+        if isinstance(value, str | int | float | bool) or value is None:
+            out[field.name] = value
+        elif dataclasses.is_dataclass(value):
+            out[field.name] = _describe(value)
+        elif isinstance(value, tuple) and all(dataclasses.is_dataclass(v) for v in value):
+            out[field.name] = [_describe(v) for v in value]
+        elif callable(value):
+            out[field.name] = getattr(value, "__name__", repr(value))
+        else:
+            out[field.name] = repr(value)
+    return out
+
+
+def valid_names() -> list[str]:
+    return sorted([*PRESETS, "pgd<N>"])
+
+
+def resolve(entry: str | dict, settings: ThreatSettings) -> Entry:
+    """Turns a suite entry (preset name or attack dict) into an ``Entry``."""
+    if isinstance(entry, dict) or hasattr(entry, "to_dict"):
+        params = dict(entry.to_dict() if hasattr(entry, "to_dict") else entry)
+        name = params.pop("name")
+        label = params.pop("label", name)
+        restarts = int(params.pop("restarts", 1))
+        factory = attacks.ATTACKS.get(name)
+        if factory is not None and "eps" in inspect.signature(factory).parameters:
+            params.setdefault("eps", settings.eps)
+        attack = _with_restarts(attacks.get_attack(name, **params), restarts)
+        protocol = {"norm": params.get("norm", "linf"), "restarts": restarts, **_describe(attack)}
+        return Entry(label, label, attack, protocol)
+    if entry in PRESETS:
+        return PRESETS[entry](settings)
+    match = _PGD_NAME.match(entry)
+    if match:
+        return _pgd(int(match.group(1)))(settings)
+    raise ValueError(
+        f"unknown evaluation attack {entry!r}; valid names: {', '.join(valid_names())}"
+    )
