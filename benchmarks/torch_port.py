@@ -1,4 +1,4 @@
-"""PyTorch twin of :class:`advjax.models.mnist.MnistCNN4` and an eager PyTorch PGD loop.
+"""PyTorch twins of the advjax MNIST CNNs and an eager PyTorch PGD loop.
 
 Used by ``benchmarks/pgd_vs_torch.py`` (timing) and ``tests/test_torch_port.py`` (equivalence).
 
@@ -7,6 +7,8 @@ Used by ``benchmarks/pgd_vs_torch.py`` (timing) and ``tests/test_torch_port.py``
 * :func:`from_flax`: copies Flax ``MnistCNN4`` params into a ``TorchCNN4`` (conv kernels
   HWIO -> OIHW, dense kernels transposed, the rows of the first FC kernel permuted from the Flax
   (H, W, C) flatten order to the PyTorch (C, H, W) order). Logits then match to float precision.
+* :class:`TorchSmallCNN` / :func:`small_from_flax`: the same for ``MnistSmallCNN``; :func:`port`
+  picks the twin by advjax model name.
 * :func:`torch_pgd`: the usual eager PGD loop (torchattacks ``PGD``: uniform random start, sign
   step, clamp to the Linf ball and to [0, 1], ``torch.autograd.grad`` w.r.t. the input only).
 """
@@ -96,6 +98,54 @@ def from_flax(params: Mapping[str, Any], flax_model: Any = None) -> TorchCNN4:
     model.eval()
     model.requires_grad_(False)  # the attack only needs d loss / d input
     return model
+
+
+class TorchSmallCNN(nn.Module):
+    """NCHW PyTorch version of ``MnistSmallCNN`` (Madry et al.: conv 32 5x5 SAME, maxpool 2,
+    conv 64 5x5 SAME, maxpool 2, FC 1024, FC; identity normalisation)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 32, 5, padding=2)
+        self.conv2 = nn.Conv2d(32, 64, 5, padding=2)
+        self.fc1 = nn.Linear(64 * 7 * 7, 1024)
+        self.fc2 = nn.Linear(1024, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.fc1(torch.flatten(x, 1)))
+        return self.fc2(x)
+
+
+def small_from_flax(params: Mapping[str, Any]) -> TorchSmallCNN:
+    """A ``TorchSmallCNN`` (eval mode, frozen) with the weights of Flax ``MnistSmallCNN`` params."""
+    if "params" in params:
+        params = params["params"]
+    fc1 = np.asarray(params["fc1"]["kernel"])  # [7*7*64, 1024], rows in (H, W, C) order
+    fc2 = np.asarray(params["fc2"]["kernel"])
+    model = TorchSmallCNN(fc2.shape[1], np.asarray(params["conv1"]["kernel"]).shape[2])
+    with torch.no_grad():
+        for name in ("conv1", "conv2"):
+            layer = getattr(model, name)
+            layer.weight.copy_(_t(np.asarray(params[name]["kernel"]).transpose(3, 2, 0, 1)))
+            layer.bias.copy_(_t(params[name]["bias"]))
+        fc1_chw = fc1.reshape(7, 7, 64, -1).transpose(2, 0, 1, 3).reshape(fc1.shape)
+        model.fc1.weight.copy_(_t(fc1_chw.T))
+        model.fc1.bias.copy_(_t(params["fc1"]["bias"]))
+        model.fc2.weight.copy_(_t(fc2.T))
+        model.fc2.bias.copy_(_t(params["fc2"]["bias"]))
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def port(model_name: str, variables: Mapping[str, Any]) -> nn.Module:
+    """The PyTorch twin of an advjax MNIST model (``mnist_cnn4`` or ``mnist_small``)."""
+    ports = {"mnist_cnn4": from_flax, "mnist_small": small_from_flax}
+    if model_name not in ports:
+        raise ValueError(f"no PyTorch port of {model_name!r}; ported: {', '.join(ports)}")
+    return ports[model_name](variables)
 
 
 def nhwc_to_nchw(x: Any) -> torch.Tensor:

@@ -158,3 +158,22 @@ def test_pgd_iterates_match(port, setup, random_init):
     assert np.sum(same > 0.99) >= BATCH - 2, f"per-example agreement {np.round(same, 3)}"
     # The attack moved the images: the comparison is not between two copies of the start.
     assert np.abs(x_adv - np.asarray(x)).mean() > 0.05
+
+
+def test_small_cnn_port_has_the_same_logits(port):
+    from advjax.models import get_model
+
+    model = get_model("mnist_small")
+    variables = init_variables(model, jax.random.key(0), (28, 28, 1))
+    noise = jax.random.split(jax.random.key(1), len(jax.tree.leaves(variables)))
+    leaves, treedef = jax.tree.flatten(variables)
+    variables = treedef.unflatten(
+        [a + 0.05 * jax.random.normal(k, a.shape) for a, k in zip(leaves, noise, strict=True)]
+    )  # non-zero biases
+    x = jax.random.uniform(jax.random.key(2), (4, 28, 28, 1))
+    twin = port.port("mnist_small", variables)
+    expected = np.asarray(make_model_fn(model)(variables, x))
+    got = twin(port.nhwc_to_nchw(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="ported: mnist_cnn4, mnist_small"):
+        port.port("wrn28_10", variables)

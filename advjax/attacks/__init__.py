@@ -1,5 +1,7 @@
 """Pure, jittable, vmappable attacks: ``attack(model_fn, variables, x, y, key) -> x_adv``."""
 
+from advjax.attacks.apgd import APGD, APGDTargeted, apgd, apgd_t
+from advjax.attacks.autoattack import autoattack
 from advjax.attacks.base import Attack, AttackResult, split_keys, success
 from advjax.attacks.combinators import (
     Cascade,
@@ -9,6 +11,7 @@ from advjax.attacks.combinators import (
     restarts,
     worst_case,
 )
+from advjax.attacks.fab import FAB, fab, fab_t
 from advjax.attacks.gradient import (
     GradientAttack,
     RandFGSM,
@@ -19,6 +22,12 @@ from advjax.attacks.gradient import (
     pgd,
     rfgsm,
 )
+from advjax.attacks.minimum_norm import cw_l2, ddn
+from advjax.attacks.multitarget import MultiTargeted, multitargeted, untargeted
+from advjax.attacks.rays import RayS, rays
+from advjax.attacks.sparse import JSMA, Pointwise, jsma, pointwise
+from advjax.attacks.square import Square, square
+from advjax.attacks.transfer import Transfer, transfer
 
 ATTACKS = {
     "fgsm": fgsm,
@@ -27,6 +36,19 @@ ATTACKS = {
     "bim": bim,
     "pgd": pgd,
     "mifgsm": mifgsm,
+    "apgd": apgd,
+    "apgd_t": apgd_t,
+    "fab": fab,
+    "fab_t": fab_t,
+    "square": square,
+    "rays": rays,
+    "cw_l2": cw_l2,
+    "ddn": ddn,
+    "autoattack": autoattack,
+    "untargeted": untargeted,
+    "multitargeted": multitargeted,
+    "jsma": jsma,
+    "pointwise": pointwise,
 }
 
 
@@ -38,6 +60,29 @@ def get_attack(name: str, **hyperparameters) -> Attack:
 
 
 __all__ = [
+    "APGD",
+    "APGDTargeted",
+    "FAB",
+    "JSMA",
+    "MultiTargeted",
+    "Pointwise",
+    "RayS",
+    "Square",
+    "Transfer",
+    "apgd",
+    "apgd_t",
+    "autoattack",
+    "cw_l2",
+    "ddn",
+    "fab",
+    "fab_t",
+    "jsma",
+    "multitargeted",
+    "pointwise",
+    "untargeted",
+    "rays",
+    "square",
+    "transfer",
     "ATTACKS",
     "Attack",
     "AttackResult",

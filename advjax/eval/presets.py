@@ -156,12 +156,13 @@ def _autoattack(version: str) -> Callable[[ThreatSettings], Entry]:
     def build(s: ThreatSettings) -> Entry:
         from advjax.attacks import autoattack
 
-        attack = autoattack.autoattack(
-            s.eps, norm=s.norm, version=version, num_classes=s.num_classes
-        )
+        parts = autoattack.components(s.eps, s.norm, version, s.num_classes)
+        attack = attacks.Cascade(tuple(parts.values()))
         label = {"standard": "AA", "plus": "AA+", "rand": "AA-rand"}[version]
         protocol = _protocol(
-            s, attack=f"autoattack_{version}", components=list(autoattack.COMPONENTS[version])
+            s,
+            attack=f"autoattack_{version}",
+            components={name: _describe(a) for name, a in parts.items()},
         )
         return Entry(f"aa_{version}", label, attack, protocol)
 

@@ -1,0 +1,77 @@
+"""AutoAttack (Croce & Hein 2020): a parameter-free ensemble, each run on the points still robust.
+
+Versions, as in the reference ``autoattack.AutoAttack.set_version``:
+
+* ``standard``: APGD-CE (100 iterations, 1 restart), APGD-T (targeted DLR, 9 target classes),
+  FAB-T (9 target classes), Square (5,000 queries). For L1: APGD-CE and APGD-T only (5 restarts,
+  5 target classes), as the reference.
+* ``plus``: APGD-CE and APGD-DLR with 5 restarts, FAB (untargeted, 5 restarts) where available,
+  Square, APGD-T, FAB-T.
+* ``rand``: APGD-CE and APGD-DLR with expectation over 20 draws of the model's randomness
+  (randomised models read a key from ``variables[MODEL_KEY]``, see ``attacks.base``).
+
+Built on ``cascade``: fixed shapes, every attack sees the whole batch but only updates points that
+no earlier attack broke, and is skipped once the batch is broken. The result is the per-point worst
+case (a point is robust only if it survives every component), never an average.
+"""
+
+from __future__ import annotations
+
+from advjax.attacks.base import Attack
+from advjax.attacks.combinators import Cascade
+
+VERSIONS = ("standard", "plus", "rand")
+
+COMPONENTS = {
+    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+    "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
+    "rand": ("apgd-ce", "apgd-dlr"),
+}
+
+
+def components(
+    eps: float, norm: str = "linf", version: str = "standard", num_classes: int = 10
+) -> dict[str, Attack]:
+    """The named component attacks of a version, with the reference's hyperparameters."""
+    from advjax.attacks import apgd, fab, square
+
+    if version not in VERSIONS:
+        raise ValueError(f"unknown AutoAttack version {version!r}; valid: {', '.join(VERSIONS)}")
+    if norm not in ("linf", "l2", "l1"):
+        raise ValueError(f"unknown norm {norm!r}; valid norms: linf, l2, l1")
+    if num_classes < 4:
+        raise ValueError(f"AutoAttack's DLR losses need at least 4 classes, got {num_classes}")
+    targets = min(9, num_classes - 1)
+    if norm == "l1" and version == "standard":
+        return {
+            "apgd-ce": apgd.apgd(eps, norm="l1", loss="ce", n_restarts=5, use_largereps=True),
+            "apgd-t": apgd.apgd_t(
+                eps, norm="l1", n_target_classes=min(5, num_classes - 1), use_largereps=True
+            ),
+        }
+    restarts = 5 if version == "plus" else 1
+    eot = 20 if version == "rand" else 1
+    built: dict[str, Attack] = {}
+    for name in COMPONENTS[version]:
+        if name == "apgd-ce":
+            built[name] = apgd.apgd(eps, norm=norm, loss="ce", n_restarts=restarts, eot_iter=eot)
+        elif name == "apgd-dlr":
+            built[name] = apgd.apgd(eps, norm=norm, loss="dlr", n_restarts=restarts, eot_iter=eot)
+        elif name == "apgd-t":
+            built[name] = apgd.apgd_t(eps, norm=norm, n_target_classes=targets)
+        elif name == "fab-t":
+            built[name] = fab.fab_t(eps, norm=norm, n_target_classes=targets)
+        elif name == "fab":
+            if hasattr(fab, "fab"):
+                built[name] = fab.fab(eps, norm=norm, n_restarts=restarts)
+        elif name == "square":
+            if norm in ("linf", "l2"):
+                built[name] = square.square(eps, norm=norm, n_queries=5000)
+    return built
+
+
+def autoattack(
+    eps: float, norm: str = "linf", version: str = "standard", num_classes: int = 10
+) -> Attack:
+    """AutoAttack ``version`` at budget ``eps`` as one cascade attack."""
+    return Cascade(tuple(components(eps, norm, version, num_classes).values()))
