@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from advjax import losses
-from advjax.attacks import apgd as apgd_lib
-from advjax.attacks.apgd import (
+from advjax.attacks import autopgd as apgd_lib
+from advjax.attacks.autopgd import (
     APGD,
     APGDTargeted,
     apgd,

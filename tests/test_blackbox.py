@@ -18,9 +18,9 @@ import pytest
 
 from advjax.attacks.base import Attack
 from advjax.attacks.gradient import pgd
-from advjax.attacks.rays import rays
-from advjax.attacks.square import eta, p_levels, square, square_sides
-from advjax.attacks.transfer import transfer
+from advjax.attacks.ray_search import rays
+from advjax.attacks.square_search import eta, p_levels, square, square_sides
+from advjax.attacks.surrogate import transfer
 from tests.conftest import linear_model_fn
 
 # ---------------------------------------------------------------------------------------------

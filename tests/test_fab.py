@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog, minimize_scalar
 
-from advjax.attacks.fab import PROJECTIONS, fab, fab_t
+from advjax.attacks.adaptive_boundary import PROJECTIONS, fab, fab_t
 from advjax.threats import lp_norm
 from tests.conftest import linear_model_fn
 

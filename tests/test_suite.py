@@ -240,3 +240,24 @@ def test_blackbox_beating_whitebox_is_flagged():
     }
     result = SuiteResult(entries, correct, {}, np.ones(4, bool))
     assert checks.blackbox_only_breaks(result) == {"square": 1}
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_every_preset_resolves_with_its_protocol(norm):
+    settings = ThreatSettings(norm=norm, eps=0.5, eps_text="1/2")
+    for name in presets.PRESETS:
+        if (name == "rays" and norm != "linf") or (name in ("cw_l2", "ddn") and norm != "l2"):
+            with pytest.raises(ValueError, match="norm"):
+                presets.resolve(name, settings)
+            continue
+        entry = presets.resolve(name, settings)
+        assert entry.name == name and entry.label
+        if entry.attack is not None and entry.bounded:
+            assert entry.protocol["norm"] == norm and entry.protocol["eps_text"] == "1/2"
+    components = presets.resolve("aa_standard", settings).protocol["components"]
+    assert list(components) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert components["apgd-ce"]["n_iter"] == 100 and components["square"]["n_queries"] == 5000
+    assert list(presets.resolve("aa_rand", settings).protocol["components"]) == [
+        "apgd-ce",
+        "apgd-dlr",
+    ]

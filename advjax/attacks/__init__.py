@@ -1,7 +1,8 @@
 """Pure, jittable, vmappable attacks: ``attack(model_fn, variables, x, y, key) -> x_adv``."""
 
-from advjax.attacks.apgd import APGD, APGDTargeted, apgd, apgd_t
-from advjax.attacks.autoattack import autoattack
+from advjax.attacks.adaptive_boundary import FAB, fab, fab_t
+from advjax.attacks.auto_attack import autoattack
+from advjax.attacks.autopgd import APGD, APGDTargeted, apgd, apgd_t
 from advjax.attacks.base import Attack, AttackResult, split_keys, success
 from advjax.attacks.combinators import (
     Cascade,
@@ -11,7 +12,6 @@ from advjax.attacks.combinators import (
     restarts,
     worst_case,
 )
-from advjax.attacks.fab import FAB, fab, fab_t
 from advjax.attacks.gradient import (
     GradientAttack,
     RandFGSM,
@@ -24,10 +24,10 @@ from advjax.attacks.gradient import (
 )
 from advjax.attacks.minimum_norm import cw_l2, ddn
 from advjax.attacks.multitarget import MultiTargeted, multitargeted, untargeted
-from advjax.attacks.rays import RayS, rays
+from advjax.attacks.ray_search import RayS, rays
 from advjax.attacks.sparse import JSMA, Pointwise, jsma, pointwise
-from advjax.attacks.square import Square, square
-from advjax.attacks.transfer import Transfer, transfer
+from advjax.attacks.square_search import Square, square
+from advjax.attacks.surrogate import Transfer, transfer
 
 ATTACKS = {
     "fgsm": fgsm,

@@ -111,9 +111,7 @@ def _multitargeted(s: ThreatSettings) -> Entry:
 
 def _apgd(loss: str) -> Callable[[ThreatSettings], Entry]:
     def build(s: ThreatSettings) -> Entry:
-        from advjax.attacks import apgd
-
-        attack = apgd.apgd(s.eps, norm=s.norm, loss=loss, n_restarts=s.restarts)
+        attack = attacks.apgd(s.eps, norm=s.norm, loss=loss, n_restarts=s.restarts)
         name = f"apgd_{loss}"
         return Entry(name, f"APGD-{loss.upper()}", attack, _protocol(s, **_describe(attack)))
 
@@ -121,42 +119,34 @@ def _apgd(loss: str) -> Callable[[ThreatSettings], Entry]:
 
 
 def _apgd_t(s: ThreatSettings) -> Entry:
-    from advjax.attacks import apgd
-
     targets = min(9, s.num_classes - 1)
-    attack = apgd.apgd_t(s.eps, norm=s.norm, n_target_classes=targets)
+    attack = attacks.apgd_t(s.eps, norm=s.norm, n_target_classes=targets)
     return Entry("apgd_t", "APGD-T", attack, _protocol(s, **_describe(attack)))
 
 
 def _fab_t(s: ThreatSettings) -> Entry:
-    from advjax.attacks import fab
-
     targets = min(9, s.num_classes - 1)
-    attack = fab.fab_t(s.eps, norm=s.norm, n_target_classes=targets)
+    attack = attacks.fab_t(s.eps, norm=s.norm, n_target_classes=targets)
     return Entry("fab_t", "FAB-T", attack, _protocol(s, **_describe(attack)))
 
 
 def _square(s: ThreatSettings) -> Entry:
-    from advjax.attacks import square
-
-    attack = square.square(s.eps, norm=s.norm)
+    attack = attacks.square(s.eps, norm=s.norm)
     return Entry("square", "Square", attack, _protocol(s, **_describe(attack)), kind="black-box")
 
 
 def _rays(s: ThreatSettings) -> Entry:
-    from advjax.attacks import rays
-
     if s.norm != "linf":
         raise ValueError(f"rays is an Linf attack; the suite's norm is {s.norm!r}")
-    attack = rays.rays(s.eps)
+    attack = attacks.rays(s.eps)
     return Entry("rays", "RayS", attack, _protocol(s, **_describe(attack)), kind="hard-label")
 
 
 def _autoattack(version: str) -> Callable[[ThreatSettings], Entry]:
     def build(s: ThreatSettings) -> Entry:
-        from advjax.attacks import autoattack
+        from advjax.attacks.auto_attack import components
 
-        parts = autoattack.components(s.eps, s.norm, version, s.num_classes)
+        parts = components(s.eps, s.norm, version, s.num_classes)
         attack = attacks.Cascade(tuple(parts.values()))
         label = {"standard": "AA", "plus": "AA+", "rand": "AA-rand"}[version]
         protocol = _protocol(

@@ -2,7 +2,7 @@
 
 ::
 
-    attack = advjax.attacks.transfer(advjax.attacks.pgd(8 / 255, 2 / 255, 1000), surrogate_fn)
+    attack = advjax.attacks.surrogate(advjax.attacks.pgd(8 / 255, 2 / 255, 1000), surrogate_fn)
     result = attack.run(target_fn, (target_variables, surrogate_variables), x, y, key)
 
 The attack keeps the attack contract ``attack(model_fn, variables, x, y, key)``: ``model_fn`` is

@@ -17,6 +17,9 @@ case (a point is robust only if it survives every component), never an average.
 
 from __future__ import annotations
 
+from advjax.attacks import adaptive_boundary as fab
+from advjax.attacks import autopgd as apgd
+from advjax.attacks import square_search as square
 from advjax.attacks.base import Attack
 from advjax.attacks.combinators import Cascade
 
@@ -33,8 +36,6 @@ def components(
     eps: float, norm: str = "linf", version: str = "standard", num_classes: int = 10
 ) -> dict[str, Attack]:
     """The named component attacks of a version, with the reference's hyperparameters."""
-    from advjax.attacks import apgd, fab, square
-
     if version not in VERSIONS:
         raise ValueError(f"unknown AutoAttack version {version!r}; valid: {', '.join(VERSIONS)}")
     if norm not in ("linf", "l2", "l1"):
