@@ -1,19 +1,22 @@
 """Peer parity with torchattacks on the same weights and the same MNIST test points.
 
 A 4-conv MNIST CNN is trained here for 300 steps (natural, about 98% clean) and ported to PyTorch
-(``benchmarks/torch_port.py``); PGD-40, APGD-CE (100 iterations) and AutoAttack standard (the
-iterations of torchattacks' APGD, APGD-T and FAB set to 100, as in the reference) run on both
-sides at Linf eps 0.05, where about half the points stay robust. advjax's robust accuracy must
-agree with torchattacks' and never be weaker by more than the tolerance.
+(``benchmarks/torch_port.py``); PGD-40 and APGD-CE (100 iterations) run on both sides at Linf
+eps 0.1, where some but not all points stay robust. advjax's robust accuracy must agree with
+torchattacks' and never be weaker by more than the tolerance. AutoAttack standard (torchattacks'
+APGD, APGD-T and FAB iterations set to 100, as in the reference) takes about 15 CPU-minutes per
+side, so it runs only with ``ADVJAX_SLOW_TESTS=1``.
 
 The issue's figure (within 0.5 points on 1,000 points) is measured on an advjax fast-AT model by
 ``benchmarks/parity_torchattacks.py`` and recorded in ``results/parity_torchattacks.md``; here,
-on 200 points, one point is 0.5 percentage points, so the tolerance is two points (1.0).
+on 200 points, one point is 0.5 percentage points, so the tolerance is two points (1.0 pp):
+random starts alone move robust accuracy by that much between two runs of the same attack.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import jax
@@ -31,7 +34,7 @@ from advjax.eval import ThreatSettings, evaluate_suite  # noqa: E402
 from advjax.models import get_model, init_variables, make_model_fn  # noqa: E402
 
 PORT = Path(__file__).resolve().parents[1] / "benchmarks" / "torch_port.py"
-EPS, STEP, N_POINTS, TOLERANCE = 0.05, 0.005, 200, 0.01
+EPS, STEP, N_POINTS, TOLERANCE_POINTS = 0.1, 0.01, 200, 2
 
 
 def _port_module():
@@ -41,7 +44,7 @@ def _port_module():
     return module
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def trained(mnist_dir):
     train = load_dataset("mnist", "train", mnist_dir)
     test = load_dataset("mnist", "test", mnist_dir)
@@ -78,7 +81,7 @@ def _torch_robust(twin, attack, x, y):
         return ((twin(xb).argmax(1) == yb) & (twin(adv).argmax(1) == yb)).numpy()
 
 
-def test_pgd_apgd_and_autoattack_agree_with_torchattacks(trained):
+def _compare(trained, names):
     model_fn, variables, points = trained
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -87,29 +90,49 @@ def test_pgd_apgd_and_autoattack_agree_with_torchattacks(trained):
     y = points.labels
     settings = ThreatSettings(norm="linf", eps=EPS, eps_text=repr(EPS), step_size=STEP)
     ours = evaluate_suite(
-        model_fn, variables, points, ["pgd40", "apgd_ce", "aa_standard"], settings=settings,
-        batch_size=N_POINTS, key=jax.random.key(0), progress=False,
+        model_fn,
+        variables,
+        points,
+        names,
+        settings=settings,
+        batch_size=N_POINTS,
+        key=jax.random.key(0),
+        progress=False,
     )
+    peers = {
+        "pgd40": lambda: torchattacks.PGD(twin, eps=EPS, alpha=STEP, steps=40, random_start=True),
+        "apgd_ce": lambda: torchattacks.APGD(twin, eps=EPS, steps=100, loss="ce", seed=0),
+        "aa_standard": lambda: _torch_autoattack(twin),
+    }
+    clean = float(ours.correct["clean"].mean())
+    assert clean > 0.9
+    report: dict[str, tuple[int, int]] = {}
+    for name in names:
+        peer = int(_torch_robust(twin, peers[name](), x, y).sum())
+        report[name] = (int(ours.correct[name].sum()), peer)  # robust points out of N_POINTS
+    for name, (mine, peer) in report.items():
+        assert abs(mine - peer) <= TOLERANCE_POINTS, (name, report)  # so never weaker by more
+    return clean, report
+
+
+def _torch_autoattack(twin):
     aa = torchattacks.AutoAttack(twin, norm="Linf", eps=EPS, version="standard", seed=0)
     for part in aa._autoattack.attacks:
         if isinstance(part, torchattacks.APGD | torchattacks.APGDT | torchattacks.FAB):
             part.steps = 100
-    peers = {
-        "pgd40": torchattacks.PGD(twin, eps=EPS, alpha=STEP, steps=40, random_start=True),
-        "apgd_ce": torchattacks.APGD(twin, eps=EPS, steps=100, loss="ce", seed=0),
-        "aa_standard": aa,
-    }
-    clean = float(ours.correct["clean"].mean())
-    assert clean > 0.9
-    report = {}
-    for name, peer_attack in peers.items():
-        peer = float(_torch_robust(twin, peer_attack, x, y).mean())
-        mine = float(ours.correct[name].mean())
-        report[name] = (mine, peer)
+    return aa
+
+
+def test_pgd40_and_apgd_ce_agree_with_torchattacks(trained):
+    clean, report = _compare(trained, ["pgd40", "apgd_ce"])
     # Not a vacuous comparison: the attacks break some points but not all.
-    assert 0.1 < report["pgd40"][0] < clean - 0.1, report
-    for name, (mine, peer) in report.items():
-        assert abs(mine - peer) <= TOLERANCE, (name, report)
-        assert mine <= peer + TOLERANCE, (name, report)  # never weaker by more than that
-    # AutoAttack is at least as strong as its first component.
-    assert report["aa_standard"][0] <= report["apgd_ce"][0]
+    assert 0.1 * N_POINTS < report["pgd40"][0] < (clean - 0.1) * N_POINTS, report
+    assert report["apgd_ce"][0] <= report["pgd40"][0] + TOLERANCE_POINTS, report
+
+
+@pytest.mark.skipif(
+    not os.environ.get("ADVJAX_SLOW_TESTS"), reason="about 30 CPU-minutes; ADVJAX_SLOW_TESTS=1"
+)
+def test_autoattack_standard_agrees_with_torchattacks(trained):
+    _, report = _compare(trained, ["apgd_ce", "aa_standard"])
+    assert report["aa_standard"][0] <= report["apgd_ce"][0], report
