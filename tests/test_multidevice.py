@@ -34,6 +34,8 @@ def test_sharded_step_on_8_devices_equals_single_device():
     # Same global batch, same per-example attack noise: equal up to float summation order.
     assert result["max_param_diff"] < 1e-6, result
     assert abs(result["loss8"] - result["loss1"]) < 1e-5, result
+    # The evaluation suite: per-example keys and outcomes do not depend on the device count.
+    assert result["suite_outcomes"] == 300 and result["suite_outcomes_differing"] == 0, result
 
 
 def _free_port() -> int:

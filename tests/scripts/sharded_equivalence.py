@@ -1,6 +1,8 @@
-"""Run with 8 fake CPU devices: the sharded train step on 8 devices equals the step on 1 device.
+"""Run with 8 fake CPU devices: the sharded train step on 8 devices equals the step on 1 device,
+and the evaluation suite gives the same per-example outcomes on 8 devices as on 1.
 
-Prints one JSON line with the largest parameter difference after three fast-AT steps.
+Prints one JSON line with the largest parameter difference after three fast-AT steps and the
+number of per-example suite outcomes that differ.
 """
 
 import json
@@ -15,7 +17,8 @@ import numpy as np  # noqa: E402
 
 from advjax import defenses  # noqa: E402
 from advjax.data import load_dataset, train_batches  # noqa: E402
-from advjax.models import get_model  # noqa: E402
+from advjax.eval import ThreatSettings, evaluate_suite  # noqa: E402
+from advjax.models import get_model, init_variables, make_model_fn  # noqa: E402
 from advjax.train import make_mesh, replicate, shard_batch, sharded_train_step  # noqa: E402
 from advjax.train.loop import initial_state  # noqa: E402
 from tests.train_configs import tiny_config  # noqa: E402
@@ -38,6 +41,24 @@ def run(devices, steps=3):
     return jax.device_get(state.params), float(metrics["loss"])
 
 
+def suite_outcomes(devices):
+    ds = load_dataset("synthetic", "test", num_examples=100)  # 4 batches of 32, the last padded
+    model = get_model("mnist_cnn4")
+    variables = init_variables(model, jax.random.key(0), ds.image_shape)
+    result = evaluate_suite(
+        make_model_fn(model),
+        variables,
+        ds,
+        ["pgd3", "fgsm"],
+        settings=ThreatSettings(eps=0.1, eps_text="0.1", step_size=0.05),
+        batch_size=32,
+        key=jax.random.key(1),
+        mesh=make_mesh(devices),
+        progress=False,
+    )
+    return np.stack([result.correct[e.name] for e in result.entries])
+
+
 def main():
     assert jax.device_count() == 8, jax.devices()
     params8, loss8 = run(jax.devices())
@@ -46,7 +67,18 @@ def main():
         float(np.max(np.abs(a - b)))
         for a, b in zip(jax.tree.leaves(params8), jax.tree.leaves(params1), strict=True)
     ]
-    print(json.dumps({"max_param_diff": max(diffs), "loss8": loss8, "loss1": loss1}))
+    suite8, suite1 = suite_outcomes(jax.devices()), suite_outcomes(jax.devices()[:1])
+    print(
+        json.dumps(
+            {
+                "max_param_diff": max(diffs),
+                "loss8": loss8,
+                "loss1": loss1,
+                "suite_outcomes_differing": int(np.sum(suite8 != suite1)),
+                "suite_outcomes": int(suite8.size),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
