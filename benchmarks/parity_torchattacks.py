@@ -70,7 +70,7 @@ def torch_robust(model, attack, x: np.ndarray, y: np.ndarray, batch: int) -> np.
         with torch.no_grad():
             clean = model(xb).argmax(1) == yb
         adv = attack(xb, yb)
-        if float((adv - xb).abs().max()) > attack.eps + 1e-5:
+        if float((adv - xb).detach().abs().max()) > attack.eps + 1e-5:
             raise RuntimeError("torchattacks returned a point outside the eps ball")
         with torch.no_grad():
             out.append((clean & (model(adv).argmax(1) == yb)).numpy())

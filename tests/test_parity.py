@@ -76,7 +76,7 @@ def _torch_robust(twin, attack, x, y):
     port = _port_module()
     xb, yb = port.nhwc_to_nchw(x), torch.from_numpy(y.astype(np.int64))
     adv = attack(xb, yb)
-    assert float((adv - xb).abs().max()) <= EPS + 1e-6
+    assert float((adv - xb).detach().abs().max()) <= EPS + 1e-6
     with torch.no_grad():
         return ((twin(xb).argmax(1) == yb) & (twin(adv).argmax(1) == yb)).numpy()
 

@@ -32,7 +32,9 @@ class AttackResult(NamedTuple):
     """Auxiliary output of ``Attack.run`` (a pytree).
 
     Fields: ``x_adv`` (adversarial batch), ``loss`` (per-example objective the attack maximises, at
-    ``x_adv``: the loss, or its negation for targeted attacks),
+    ``x_adv``: the loss, or its negation for targeted attacks; for minimum-norm and sparse attacks
+    (FAB, C&W, DDN, RayS, point-wise) minus the size of the smallest adversarial found, ``-inf``
+    when none was found),
     ``success`` (per-example bool: misclassified, or classified as the target when targeted; all
     False when the target is not a label vector, e.g. reference logits).
     """
