@@ -120,7 +120,7 @@ def test_multitargeted_reaches_the_closed_form_per_target(linear_problem):
     np.testing.assert_array_equal(per_target.success, jnp.take_along_axis(fooled, targets.T, 1).T)
     # The attack's worst case: success first, then the highest targeted margin (``run`` is this
     # reduction of ``run_per_target``; test_multitargeted_equals_a_loop_of_targeted_pgd runs it).
-    result = combinators._reduce_worst(per_target)
+    result = combinators.reduce_worst(per_target)
     mask = jnp.arange(10)[None, :] != y[:, None]
     any_fooled = jnp.any(fooled & mask, 1)
     np.testing.assert_array_equal(result.success, any_fooled)

@@ -69,14 +69,13 @@ from advjax.attacks.base import (
     Attack,
     AttackResult,
     ModelFn,
-    better,
     check_images,
     check_nonnegative,
     is_label_vector,
     split_keys,
     with_model_key,
 )
-from advjax.attacks.combinators import _reduce_worst
+from advjax.attacks.combinators import keep_better, reduce_worst
 from advjax.threats import LpBall
 from advjax.threats.lp import check_norm, project_l1_box
 
@@ -571,7 +570,7 @@ class _APGDBase(Attack):
         if keys.shape[0] == 1:
             return self._run_result(model_fn, variables, x, y, target, keys[0])
         stacked = jax.vmap(lambda k: self._run_result(model_fn, variables, x, y, target, k))(keys)
-        return _reduce_worst(stacked)
+        return reduce_worst(stacked)
 
     def _split_clean_key(self, key: jax.Array) -> tuple[jax.Array | None, jax.Array]:
         """A key for the clean forward pass (randomised models only) and one for the runs."""
@@ -721,8 +720,7 @@ class APGDTargeted(_APGDBase):
         def per_target(best: AttackResult, inputs):
             target, target_keys = inputs
             new = self._restarts(model_fn, variables, x, y, (y, target), target_keys)
-            take = better(new.success, new.loss, best.success, best.loss)
-            return jax.tree.map(lambda a, b: jnp.where(_bcast(take, a), a, b), new, best), None
+            return keep_better(best, new), None
 
         first_pixel = x[:, 0, 0, 0]
         init = AttackResult(

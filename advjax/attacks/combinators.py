@@ -18,18 +18,22 @@ from advjax.attacks.base import Attack, AttackResult, better, check_images, spli
 from advjax.losses import margin
 
 
-def _select(take: jax.Array, new: AttackResult, old: AttackResult) -> AttackResult:
+def keep_better(best: AttackResult, new: AttackResult) -> AttackResult:
+    """Per example, ``new`` where it is better for the attacker (success first, then a higher
+    objective), else ``best``."""
+    take = better(new.success, new.loss, best.success, best.loss)
+
     def pick(a, b):
         return jnp.where(take.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
 
-    return jax.tree.map(pick, new, old)
+    return jax.tree.map(pick, new, best)
 
 
-def _reduce_worst(results: AttackResult) -> AttackResult:
+def reduce_worst(results: AttackResult) -> AttackResult:
     """Per-example worst case along the leading (restart) axis of stacked results."""
 
     def fold(best, new):
-        return _select(better(new.success, new.loss, best.success, best.loss), new, best), None
+        return keep_better(best, new), None
 
     first = jax.tree.map(lambda a: a[0], results)
     rest = jax.tree.map(lambda a: a[1:], results)
@@ -55,7 +59,7 @@ class Restarts(Attack):
         check_images(x)
         keys = split_keys(key, self.num_restarts)
         stacked = jax.vmap(lambda k: self.attack.run(model_fn, variables, x, y, k))(keys)
-        return _reduce_worst(stacked)
+        return reduce_worst(stacked)
 
 
 def restarts(attack: Attack, num_restarts: int) -> Restarts:
@@ -77,7 +81,7 @@ class WorstCase(Attack):
         keys = split_keys(key, len(self.attacks))
         pairs = zip(self.attacks, keys, strict=True)
         results = [a.run(model_fn, variables, x, y, k) for a, k in pairs]
-        return _reduce_worst(jax.tree.map(lambda *a: jnp.stack(a), *results))
+        return reduce_worst(jax.tree.map(lambda *a: jnp.stack(a), *results))
 
 
 def worst_case(*attacks: Attack) -> WorstCase:

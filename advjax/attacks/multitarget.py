@@ -199,7 +199,7 @@ class MultiTargeted(Attack):
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
     ) -> AttackResult:
         _, stacked = self.run_per_target(model_fn, variables, x, y, key)
-        return combinators._reduce_worst(stacked)
+        return combinators.reduce_worst(stacked)
 
 
 def multitargeted(
