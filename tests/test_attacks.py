@@ -184,3 +184,22 @@ def test_bad_inputs_give_clear_errors(linear_model, images):
         attacks.fgsm(0.1)(model_fn, variables, x * 255, y, jax.random.key(0))
     with pytest.raises(ValueError, match="NHWC"):
         attacks.fgsm(0.1)(model_fn, variables, x[0], y, jax.random.key(0))
+
+
+def test_sequence_chains_attacks_from_each_output(linear_model, images):
+    model_fn, variables = linear_model
+    x, y = images
+    first, second = attacks.pgd(0.05, 0.01, 5), attacks.fgsm(0.02)
+    chained = attacks.sequence(first, second)
+    key = jax.random.key(3)
+    result = chained.run(model_fn, variables, x, y, key)
+    k1, k2 = attacks.split_keys(key, 2)
+    x1 = first(model_fn, variables, x, y, k1)
+    expected = second.run(model_fn, variables, x1, y, k2)
+    np.testing.assert_array_equal(result.x_adv, expected.x_adv)
+    np.testing.assert_array_equal(result.success, expected.success)
+    # The composite perturbation lies in the sum of the two balls, and not in the first alone.
+    size = jnp.max(jnp.abs(result.x_adv - x), axis=(1, 2, 3))
+    assert jnp.all(size <= 0.07 + 1e-6) and jnp.any(size > 0.05 + 1e-4)
+    with pytest.raises(ValueError, match="at least one"):
+        attacks.sequence()

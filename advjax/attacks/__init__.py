@@ -7,9 +7,11 @@ from advjax.attacks.base import Attack, AttackResult, split_keys, success
 from advjax.attacks.combinators import (
     Cascade,
     Restarts,
+    Sequence,
     WorstCase,
     cascade,
     restarts,
+    sequence,
     worst_case,
 )
 from advjax.attacks.gradient import (
@@ -100,6 +102,8 @@ __all__ = [
     "pgd",
     "restarts",
     "rfgsm",
+    "sequence",
+    "Sequence",
     "split_keys",
     "success",
     "worst_case",

@@ -4,6 +4,8 @@
   example, the worst case (success first, then the higher objective).
 * ``worst_case(*attacks)``: run several attacks and keep the per-example worst case.
 * ``cascade(*attacks)``: run attacks in order, each on the points still robust (AutoAttack).
+* ``sequence(*attacks)``: chain attacks, each starting from the previous one's output (compound
+  attacks across threat models: PGD+ and GridAdv+ of the SRT document, Appendix F).
 """
 
 from __future__ import annotations
@@ -136,3 +138,36 @@ def cascade(*attacks: Attack) -> Cascade:
     if not attacks:
         raise ValueError("cascade needs at least one attack")
     return Cascade(tuple(attacks))
+
+
+@dataclasses.dataclass(frozen=True)
+class Sequence(Attack):
+    """Chains attacks: ``x_0 = x``, ``x_k = attack_k(x_{k-1})``; returns the last attack's result.
+
+    Each attack's threat model is centred on its own input, so the composite perturbation lies in
+    the composition of the sets (SRT document, App. F): ``sequence(pgd, grid_adv)`` is PGD+
+    (``T_1(x) = A(theta) (x + r*) + B``), ``sequence(grid_adv, pgd)`` is GridAdv+
+    (``T_2(x) = A* x + B* + r``). Every attack sees the true labels ``y``; the reported success and
+    loss are the last attack's, measured at the returned point.
+    """
+
+    attacks: tuple[Attack, ...]
+
+    def scaled(self, factor: Any) -> Sequence:
+        return Sequence(tuple(a.scaled(factor) for a in self.attacks))
+
+    def run(self, model_fn, variables, x, y, key) -> AttackResult:
+        check_images(x)
+        keys = split_keys(key, len(self.attacks))
+        result = None
+        for attack, k in zip(self.attacks, keys, strict=True):
+            result = attack.run(model_fn, variables, x, y, k)
+            x = result.x_adv
+        return result
+
+
+def sequence(*attacks: Attack) -> Sequence:
+    """Compound attack: each attack starts from the previous one's adversarial example."""
+    if not attacks:
+        raise ValueError("sequence needs at least one attack")
+    return Sequence(tuple(attacks))
