@@ -228,6 +228,11 @@ def _describe(attack: attacks.Attack) -> dict[str, Any]:
     return out
 
 
+def protocol_summary(protocol: dict[str, Any]) -> str:
+    """One line ``k=v, ...`` of a protocol record (nested records left out)."""
+    return ", ".join(f"{k}={v}" for k, v in protocol.items() if not isinstance(v, dict | list))
+
+
 def valid_names() -> list[str]:
     return sorted([*PRESETS, "pgd<N>"])
 

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 
 import advjax
-from advjax.eval.presets import ThreatSettings
+from advjax.eval.presets import ThreatSettings, protocol_summary
 from advjax.eval.suite import SuiteResult
 
 
@@ -103,7 +103,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         "",
     ]
     for c in cols:
-        proto = ", ".join(f"{k}={v}" for k, v in c["protocol"].items() if not isinstance(v, dict))
+        proto = protocol_summary(c["protocol"])
         note = f" ({c['violations']} outputs outside the threat model)" if c["violations"] else ""
         lines.append(f"- **{c['label']}** ({c['kind']}): {proto}{note}")
     warnings = report.get("warnings")
