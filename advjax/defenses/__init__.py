@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from advjax import attacks
+from advjax.defenses import regularized
 from advjax.defenses.objectives import (
     CrossEntropyOn,
     WeightedSum,
@@ -12,6 +13,19 @@ from advjax.defenses.objectives import (
     natural,
     pgd_at,
     weighted_sum,
+)
+from advjax.defenses.regularized import (
+    Regularized,
+    atlas,
+    atlas_g,
+    atlas_l,
+    jac,
+    jacobian_norm_estimate,
+    kl_attack_loss,
+    kl_term,
+    mart,
+    trades,
+    trades_jac,
 )
 
 
@@ -42,6 +56,14 @@ DEFENSES = {
     "natural": lambda cfg, steps_per_epoch: natural(),
     "pgd_at": _pgd_at,
     "fast_at": _fast_at,
+    # Regularised objectives (advjax.defenses.regularized).
+    "trades": regularized.trades_from_config,
+    "mart": regularized.mart_from_config,
+    "jac": regularized.jac_from_config,
+    "atlas": regularized.atlas_from_config,
+    "atlas_l": regularized.atlas_l_from_config,
+    "atlas_g": regularized.atlas_g_from_config,
+    "trades_jac": regularized.trades_jac_from_config,
 }
 
 
@@ -59,10 +81,21 @@ def get_defense(cfg: Any, steps_per_epoch: int = 1):
 __all__ = [
     "DEFENSES",
     "CrossEntropyOn",
+    "Regularized",
     "WeightedSum",
+    "atlas",
+    "atlas_g",
+    "atlas_l",
     "fast_at",
     "get_defense",
+    "jac",
+    "jacobian_norm_estimate",
+    "kl_attack_loss",
+    "kl_term",
+    "mart",
     "natural",
     "pgd_at",
+    "trades",
+    "trades_jac",
     "weighted_sum",
 ]
