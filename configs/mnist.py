@@ -1,6 +1,11 @@
-"""MNIST configs: natural training, PGD-AT and fast AT (Linf eps 0.3).
+"""MNIST configs: natural training, PGD-AT, fast AT and the ATLAS-document objectives (Linf 0.3).
 
-Variants (``--config=configs/mnist.py:VARIANT``): ``natural``, ``pgd_at``, ``fast_at``.
+Variants (``--config=configs/mnist.py:VARIANT``): ``natural``, ``pgd_at``, ``fast_at``, and the
+ATLAS document's Table 1 objectives (App. B weights for MNIST): ``jac`` (zero-step JAC, alpha 0.5),
+``trades`` (one-step TRADES, beta 1, KL adversary), ``atlas`` (one-step ATLAS, alpha 1e-5, beta
+0.3), ``atlas_l``, ``atlas_g``, ``trades_jac``, ``mart``. Every adversarial variant uses a one-step
+adversary (FGSM from a random start, step 1.25 eps) unless ``--config.defense.steps=20
+--config.defense.step_size=0.01`` asks for the multi-step (PGD-20) version.
 
 Train, then evaluate on the 10k test set (clean and PGD-40, eps 0.3, step 0.01, random start;
 add attacks with ``--suite=clean,pgd40,untargeted,aa_standard``)::
@@ -21,7 +26,28 @@ import ml_collections
 
 from configs import common
 
-VARIANTS = ("natural", "pgd_at", "fast_at")
+VARIANTS = (
+    "natural",
+    "pgd_at",
+    "fast_at",
+    "jac",
+    "trades",
+    "atlas",
+    "atlas_l",
+    "atlas_g",
+    "trades_jac",
+    "mart",
+)
+# ATLAS App. B (MNIST, Table 1): the regularisation weights of each objective.
+_WEIGHTS = {
+    "jac": dict(alpha=0.5),
+    "trades": dict(beta=1.0, kl_base="clean"),
+    "atlas": dict(alpha=1e-5, beta=0.3, kl_base="adv"),
+    "atlas_l": dict(alpha=1e-5),
+    "atlas_g": dict(beta=0.3, kl_base="adv"),
+    "trades_jac": dict(alpha=1e-5, beta=1.0, kl_base="clean"),  # not in App. B: our choice
+    "mart": dict(beta=5.0, mart_variant="original"),
+}
 
 
 def get_config(arg: str = "fast_at") -> ml_collections.ConfigDict:
@@ -51,9 +77,10 @@ def get_config(arg: str = "fast_at") -> ml_collections.ConfigDict:
     )
     if arg == "pgd_at":
         c.defense.update(step_size=0.01, steps=20)
+    c.defense.update(_WEIGHTS.get(arg, {}))
 
     c.train = dict(
-        epochs={"natural": 3, "fast_at": 10, "pgd_at": 30}[arg],
+        epochs={"natural": 3, "pgd_at": 30}.get(arg, 10),
         batch_size=128,
         optimizer="adam" if arg == "natural" else "sgd",
         momentum=0.9,
