@@ -7,6 +7,11 @@ ATLAS document's Table 1 objectives (App. B weights for MNIST): ``jac`` (zero-st
 adversary (FGSM from a random start, step 1.25 eps) unless ``--config.defense.steps=20
 --config.defense.step_size=0.01`` asks for the multi-step (PGD-20) version.
 
+The SRT document's pixel-wise MNIST setting (App. C: the 4-conv + 3-FC CNN, Linf eps 0.1,
+PGD-20 with step 0.01, lambda 0.2, SGD lr 0.01, 10,000 labeled training images): ``rt``
+(robust training on the labeled images only), ``srt`` (semi-supervised: the robust term also on
+the unlabeled ones), ``fast_srt`` (App. J: FGSM from a random start and a cyclic learning rate).
+
 Train, then evaluate on the 10k test set (clean and PGD-40, eps 0.3, step 0.01, random start;
 add attacks with ``--suite=clean,pgd40,untargeted,aa_standard``)::
 
@@ -37,7 +42,11 @@ VARIANTS = (
     "atlas_g",
     "trades_jac",
     "mart",
+    "rt",
+    "srt",
+    "fast_srt",
 )
+_SEMI_SUPERVISED = ("rt", "srt", "fast_srt")
 # ATLAS App. B (MNIST, Table 1): the regularisation weights of each objective.
 _WEIGHTS = {
     "jac": dict(alpha=0.5),
@@ -63,6 +72,7 @@ def get_config(arg: str = "fast_at") -> ml_collections.ConfigDict:
         num_validation=5000,
         augment=False,
         synthetic=dict(num_examples=1024),  # used with source=synthetic (tests, smoke runs)
+        num_labeled=0,  # > 0: only this many training images keep their labels (SRT)
     )
     c.model = dict(name="mnist_small")
 
@@ -78,6 +88,14 @@ def get_config(arg: str = "fast_at") -> ml_collections.ConfigDict:
     if arg == "pgd_at":
         c.defense.update(step_size=0.01, steps=20)
     c.defense.update(_WEIGHTS.get(arg, {}))
+    if arg in _SEMI_SUPERVISED:
+        # SRT App. C: eps 0.1, PGD-20 with step 0.01 (FGSM with step 1.25 eps for fast_srt).
+        eps = 0.1
+        c.defense.update(eps=eps, lam=0.2, eps_warmup_epochs=0)
+        if arg != "fast_srt":
+            c.defense.update(step_size=0.01, steps=20)
+        c.data.num_labeled = 10_000
+        c.model = dict(name="mnist_cnn4")
 
     c.train = dict(
         epochs={"natural": 3, "pgd_at": 30}.get(arg, 10),
@@ -85,14 +103,27 @@ def get_config(arg: str = "fast_at") -> ml_collections.ConfigDict:
         optimizer="adam" if arg == "natural" else "sgd",
         momentum=0.9,
         nesterov=False,
-        learning_rate=1e-3 if arg == "natural" else 0.02,
-        schedule="cyclic",  # linear 0 -> lr over 40% of training, then -> 0
+        learning_rate={"natural": 1e-3, "rt": 0.01, "srt": 0.01}.get(arg, 0.02),
+        # linear 0 -> lr over 40% of training, then -> 0 (constant for rt/srt: SRT App. C)
+        schedule="constant" if arg in ("rt", "srt") else "cyclic",
         peak_fraction=0.4,
         weight_decay=0.0,
         log_every=50,
         checkpoint_every_steps=200,
         keep_checkpoints=2,
         progress=True,
+        # ATLAS App. B validation-guided schedule (off by default; enabled=True turns it on):
+        # LR / factor after `patience` validations without improvement, stop after
+        # `stop_patience`.
+        plateau=dict(
+            enabled=False,
+            patience=2,
+            factor=5.0,
+            stop_patience=10,
+            min_delta=0.0,
+            max_reductions=0,
+            metric="",
+        ),
     )
 
     # Validation on held-out training images after every epoch (ATLAS: PGD-20, step 0.01).
@@ -103,6 +134,11 @@ def get_config(arg: str = "fast_at") -> ml_collections.ConfigDict:
         every_epochs=1,
         # The best checkpoint maximises this (robust accuracy; clean accuracy for `natural`).
         metric="val_clean_accuracy" if arg == "natural" else "val_robust_accuracy",
+        # Catastrophic-overfitting monitor (ATLAS App. E): flag a robust-accuracy drop of more
+        # than co_drop below the best, or a Jacobian-norm estimate co_jac_factor x the last one.
+        co_drop=0.1,
+        co_jac_factor=10.0,
+        jac_examples=100,
     )
 
     # `python -m launch.evaluate`: the test set under the attacks of `suite` (names from
@@ -111,8 +147,9 @@ def get_config(arg: str = "fast_at") -> ml_collections.ConfigDict:
     c.evaluate = dict(
         suite="clean,pgd40",
         norm="linf",
-        eps="0.3",  # a number or an exact fraction such as "8/255"
-        step_size=0.01,
+        eps=str(eps),  # a number or an exact fraction such as "8/255"
+        # PGD-family step: ATLAS App. B (0.01 at eps 0.3); SRT App. C (PGD-40, 0.005 at eps 0.1).
+        step_size=0.005 if arg in _SEMI_SUPERVISED else 0.01,
         restarts=1,
         batch_size=500,
         num_examples=0,  # 0: the whole test set

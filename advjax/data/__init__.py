@@ -4,23 +4,29 @@ from advjax.data.augment import pad_crop_flip
 from advjax.data.dataset import DATASETS, Dataset
 from advjax.data.download import download
 from advjax.data.pipeline import (
+    UNLABELED,
     eval_batches,
+    labeled_per_batch,
     num_eval_batches,
     split_validation,
     steps_per_epoch,
     train_batches,
+    with_labeled_subset,
 )
 from advjax.data.sources import load_dataset
 
 __all__ = [
     "DATASETS",
+    "UNLABELED",
     "Dataset",
     "download",
     "eval_batches",
+    "labeled_per_batch",
     "load_dataset",
     "num_eval_batches",
     "pad_crop_flip",
     "split_validation",
     "steps_per_epoch",
     "train_batches",
+    "with_labeled_subset",
 ]

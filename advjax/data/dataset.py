@@ -45,12 +45,18 @@ def check_split(split: str) -> None:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-    """A whole split in memory: uint8 NHWC images and int32 labels."""
+    """A whole split in memory: uint8 NHWC images and int32 labels.
+
+    ``labeled`` (optional bool [N]) marks the examples whose labels training may use (the rest are
+    unlabeled data for semi-supervised defenses; see ``pipeline.with_labeled_subset``). None means
+    every example is labeled.
+    """
 
     images: np.ndarray
     labels: np.ndarray
     num_classes: int
     name: str
+    labeled: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         images = np.asarray(self.images)
@@ -74,6 +80,14 @@ class Dataset:
                 f"Dataset {self.name!r}: labels must lie in [0, {self.num_classes}), "
                 f"got range [{labels.min()}, {labels.max()}]."
             )
+        if self.labeled is not None:
+            labeled = np.asarray(self.labeled)
+            if labeled.dtype != np.bool_ or labeled.shape != labels.shape:
+                raise ValueError(
+                    f"Dataset {self.name!r}: labeled must be a bool mask of shape {labels.shape}, "
+                    f"got {labeled.dtype} {labeled.shape}."
+                )
+            object.__setattr__(self, "labeled", labeled)
         object.__setattr__(self, "images", images)
         object.__setattr__(self, "labels", labels.astype(np.int32, copy=False))
 
@@ -87,10 +101,18 @@ class Dataset:
 
     def take(self, indices: np.ndarray) -> Dataset:
         """Returns the sub-dataset at `indices` (same name and classes)."""
-        return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices])
+        labeled = None if self.labeled is None else self.labeled[indices]
+        return dataclasses.replace(
+            self, images=self.images[indices], labels=self.labels[indices], labeled=labeled
+        )
+
+    @property
+    def num_labeled(self) -> int:
+        return len(self) if self.labeled is None else int(np.sum(self.labeled))
 
     def __repr__(self) -> str:
+        labeled = "" if self.labeled is None else f", labeled={self.num_labeled}"
         return (
-            f"Dataset(name={self.name!r}, n={len(self)}, image_shape={self.image_shape}, "
+            f"Dataset(name={self.name!r}, n={len(self)}{labeled}, image_shape={self.image_shape}, "
             f"num_classes={self.num_classes})"
         )

@@ -3,6 +3,13 @@
 Layout: a global batch is split into `process_count` contiguous per-host slices; each host
 reshapes its slice to [local_device_count, per_device, ...], ready for `jax.pmap` (or for
 `jax.make_array_from_process_local_data` after a reshape).
+
+Labeled/unlabeled data (semi-supervised training, SRT Sec. 4): `with_labeled_subset` marks a seeded
+subset of the training set as labeled. Training batches of such a dataset then mix the two sets in
+proportion to their sizes, as SRT Sec. 4 prescribes ("for a total batch size m, the number of
+labeled samples and unlabeled samples within a batch is m |D_L| / (|D_L| + |D_U|) and
+m |D_U| / (|D_L| + |D_U|)"), carry a bool "labeled" field, and hide the labels of unlabeled
+examples (label `UNLABELED` = -1).
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from advjax.data.dataset import Dataset
 
 Batch = dict[str, np.ndarray]
 
+UNLABELED = -1  # the "label" of unlabeled examples in training batches
+
 
 def split_validation(ds: Dataset, num_val: int, seed: int) -> tuple[Dataset, Dataset]:
     """Carves `num_val` examples (chosen by a seeded permutation) off as a validation set.
@@ -28,6 +37,35 @@ def split_validation(ds: Dataset, num_val: int, seed: int) -> tuple[Dataset, Dat
         raise ValueError(f"num_val must be in (0, {n}) for a dataset of {n}, got {num_val}.")
     perm = np.random.default_rng(seed).permutation(n)
     return ds.take(np.sort(perm[num_val:])), ds.take(np.sort(perm[:num_val]))
+
+
+def with_labeled_subset(ds: Dataset, num_labeled: int, seed: int) -> Dataset:
+    """Marks `num_labeled` examples (a seeded choice) as labeled and the rest as unlabeled.
+
+    `num_labeled` of 0 or `len(ds)` leaves every example labeled (`ds` itself is returned). The
+    choice depends only on (len(ds), num_labeled, seed).
+    """
+    n = len(ds)
+    if int(num_labeled) != num_labeled or not 0 <= num_labeled <= n:
+        raise ValueError(
+            f"num_labeled must be an integer in [0, {n}] for a training set of {n} examples "
+            f"(0: all labeled), got {num_labeled}."
+        )
+    if num_labeled in (0, n):
+        return ds
+    labeled = np.zeros(n, bool)
+    labeled[np.random.default_rng([seed, 2]).permutation(n)[: int(num_labeled)]] = True
+    return Dataset(ds.images, ds.labels, ds.num_classes, ds.name, labeled=labeled)
+
+
+def labeled_per_batch(num_labeled: int, n: int, global_batch_size: int) -> int:
+    """Labeled examples in each global batch: `m |D_L| / (|D_L| + |D_U|)` rounded to an integer,
+    at least 1 and at most m - 1 when both sets are non-empty (SRT Sec. 4). With m <= n this
+    never exceeds the size of either set."""
+    if num_labeled in (0, n):
+        return global_batch_size if num_labeled else 0
+    ml = int(np.floor(global_batch_size * num_labeled / n + 0.5))
+    return min(max(ml, 1), global_batch_size - 1)
 
 
 def steps_per_epoch(n: int, global_batch_size: int) -> int:
@@ -65,12 +103,48 @@ def _layout(
     return pi, per_host, ldc, per_host // ldc
 
 
-def _to_batch(ds: Dataset, indices: np.ndarray, ldc: int, per_device: int) -> Batch:
+def _to_batch(
+    ds: Dataset, indices: np.ndarray, ldc: int, per_device: int, mask_unlabeled: bool = False
+) -> Batch:
     images = ds.images[indices].astype(np.float32) / np.float32(255.0)
-    return {
+    batch = {
         "image": images.reshape(ldc, per_device, *ds.image_shape),
         "label": ds.labels[indices].reshape(ldc, per_device),
     }
+    if mask_unlabeled and ds.labeled is not None:
+        labeled = ds.labeled[indices].reshape(ldc, per_device)
+        batch["label"] = np.where(labeled, batch["label"], np.int32(UNLABELED)).astype(np.int32)
+        batch["labeled"] = labeled
+    return batch
+
+
+def _stream_part(indices: np.ndarray, per_batch: int, seed: int, tag: int, step: int):
+    """Batch `step`'s `per_batch` examples of an endless stream over `indices`: each cycle of
+    `len(indices) // per_batch` batches takes them in the order of
+    `default_rng([seed, tag, cycle]).permutation(len(indices))` (remainder dropped)."""
+    cycle, b = divmod(step, len(indices) // per_batch)
+    perm = np.random.default_rng([seed, tag, cycle]).permutation(len(indices))
+    return indices[perm[b * per_batch : (b + 1) * per_batch]]
+
+
+def stratified_indices(ds: Dataset, global_batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Dataset indices of global batch `step` of a dataset with unlabeled examples.
+
+    m_L = `labeled_per_batch` labeled and m_U = m - m_L unlabeled examples, each set drawn as an
+    endless stream reshuffled whenever it is used up (`_stream_part`, tags 1 and 2); the batch's
+    m positions are then shuffled by `default_rng([seed, 3, step])`, so every device shard holds
+    a mixture. An epoch is `steps_per_epoch(len(ds), m)` steps as for fully labeled data; as m_L
+    is rounded, one set may cycle slightly faster than the epoch.
+    """
+    lab, unl = np.flatnonzero(ds.labeled), np.flatnonzero(~ds.labeled)
+    m_l = labeled_per_batch(len(lab), len(ds), global_batch_size)
+    indices = np.concatenate(
+        [
+            _stream_part(lab, m_l, seed, 1, step),
+            _stream_part(unl, global_batch_size - m_l, seed, 2, step),
+        ]
+    )
+    return indices[np.random.default_rng([seed, 3, step]).permutation(global_batch_size)]
 
 
 def train_batches(
@@ -89,6 +163,10 @@ def train_batches(
     reproduces the uninterrupted stream exactly. Each batch is
     {"image": float32 [local_devices, per_device, H, W, C] in [0, 1],
      "label": int32 [local_devices, per_device]}.
+
+    A dataset with unlabeled examples (`with_labeled_subset`) gives stratified batches instead
+    (`stratified_indices`, same number of steps per epoch) with a bool "labeled" field, and label
+    `UNLABELED` for the unlabeled examples.
     """
     pi, per_host, ldc, per_device = _layout(
         global_batch_size, process_index, process_count, local_device_count
@@ -101,6 +179,17 @@ def train_batches(
         )
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}.")
+
+    def stratified() -> Iterator[Batch]:
+        step = start_step
+        while True:
+            indices = stratified_indices(ds, global_batch_size, seed, step)
+            own = indices[pi * per_host : (pi + 1) * per_host]
+            yield _to_batch(ds, own, ldc, per_device, mask_unlabeled=True)
+            step += 1
+
+    if ds.labeled is not None:
+        return stratified()
 
     def generate() -> Iterator[Batch]:
         step, epoch, perm = start_step, -1, np.empty(0, np.int64)

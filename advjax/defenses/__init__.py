@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from advjax import attacks
-from advjax.defenses import regularized
+from advjax.defenses import regularized, semi_supervised
 from advjax.defenses.objectives import (
     CrossEntropyOn,
     WeightedSum,
@@ -27,6 +27,7 @@ from advjax.defenses.regularized import (
     trades,
     trades_jac,
 )
+from advjax.defenses.semi_supervised import SemiSupervisedRobust, fast_srt, rt, srt
 
 
 def _warmup_steps(cfg, steps_per_epoch: int) -> int:
@@ -64,6 +65,10 @@ DEFENSES = {
     "atlas_l": regularized.atlas_l_from_config,
     "atlas_g": regularized.atlas_g_from_config,
     "trades_jac": regularized.trades_jac_from_config,
+    # Semi-supervised robust training (advjax.defenses.semi_supervised, SRT document).
+    "rt": semi_supervised.rt_from_config,
+    "srt": semi_supervised.srt_from_config,
+    "fast_srt": semi_supervised.fast_srt_from_config,
 }
 
 
@@ -79,6 +84,10 @@ def get_defense(cfg: Any, steps_per_epoch: int = 1):
 
 
 __all__ = [
+    "SemiSupervisedRobust",
+    "fast_srt",
+    "rt",
+    "srt",
     "DEFENSES",
     "CrossEntropyOn",
     "Regularized",
