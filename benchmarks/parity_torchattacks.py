@@ -97,7 +97,7 @@ def main(argv=None) -> dict:
     from advjax.eval import ThreatSettings, evaluate_suite
     from advjax.models import make_model_fn
     from advjax.train.loop import load_split
-    from launch.evaluate import load_config, restore_variables
+    from advjax.eval.workdir import load_config, restore_variables
 
     torch.manual_seed(args.seed)
     config = load_config(args.workdir)

@@ -25,14 +25,13 @@ import zlib
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from advjax.eval import checks, presets, report, suite
+from advjax.eval import checks, report, suite
+from advjax.eval.workdir import load_config, restore_variables, threat_settings
 from advjax.models import make_model_fn
-from advjax.train.checkpoint import Checkpointer
-from advjax.train.loop import build_model, initial_state, load_split
+from advjax.train.loop import load_split
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "best, latest or a step (default: config).")
@@ -44,44 +43,6 @@ _SUITE = flags.DEFINE_string(
 )
 _CHECKS = flags.DEFINE_boolean("checks", None, "Run the gradient-masking checks (default: config).")
 flags.mark_flags_as_required(["workdir"])
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"no config.json in {workdir}: is it a workdir written by `python -m launch.train`?"
-        )
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
-
-
-def restore_variables(config, workdir: str, which: str, image_shape):
-    model = build_model(config)
-    template, _, _ = initial_state(config, model, image_shape, steps_per_epoch_=1)
-    ckpt = Checkpointer(workdir, metric=config.validation.get("metric", "val_robust_accuracy"))
-    if which in ("best", "latest"):
-        step = ckpt.best_step() if which == "best" else ckpt.latest_step()
-        if step is None and which == "best":  # no validation ran: fall back to the latest
-            which, step = "latest", ckpt.latest_step()
-    else:
-        step, which = int(which), "latest"
-    state = ckpt.restore(template, which=which, step=step)
-    ckpt.close()
-    return model, state.variables, {"kind": which, "step": int(step)}
-
-
-def threat_settings(ec: ml_collections.ConfigDict, num_classes: int) -> presets.ThreatSettings:
-    eps, eps_text = presets.parse_eps(ec.eps)
-    step = ec.get("step_size")
-    return presets.ThreatSettings(
-        norm=ec.get("norm", "linf"),
-        eps=eps,
-        eps_text=eps_text,
-        step_size=float(step) if step else None,
-        restarts=int(ec.get("restarts", 1)),
-        num_classes=num_classes,
-    )
 
 
 def evaluate_workdir(

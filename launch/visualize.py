@@ -25,9 +25,9 @@ from absl import app, flags
 
 from advjax.analysis import image_grid, write_png
 from advjax.eval import presets
+from advjax.eval.workdir import load_config, restore_variables, threat_settings
 from advjax.models import make_model_fn
 from advjax.train.loop import load_split
-from launch.evaluate import load_config, restore_variables, threat_settings
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints).")
 _ATTACKS = flags.DEFINE_string(

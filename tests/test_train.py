@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from advjax import defenses
+from advjax.analysis import read_png
 from advjax.data import load_dataset, train_batches
 from advjax.models import get_model
 from advjax.train import Checkpointer, CheckpointError, make_mesh, replicate, shard_batch
@@ -139,7 +140,7 @@ def test_launch_train_then_evaluate(tmp_path):
         "--config.train.batch_size=32",
         "--config.validation.attack.steps=2",
         "--config.validation.num_examples=64",
-        "--config.evaluate.suite=clean,pgd3,fgsm",
+        "--config.evaluate.suite=clean,pgd3,fgsm,rand_adv_t",
         "--config.evaluate.num_examples=100",
         "--config.evaluate.check_examples=32",
     ]
@@ -157,7 +158,9 @@ def test_launch_train_then_evaluate(tmp_path):
     report = json.loads((workdir / "report.json").read_text())
     assert report["num_examples"] == 100 and report["complete"]
     by_name = {a["name"]: a for a in report["attacks"]}
-    assert list(by_name) == ["clean", "pgd3", "fgsm"]
+    assert list(by_name) == ["clean", "pgd3", "fgsm", "rand_adv_t"]
+    assert by_name["rand_adv_t"]["protocol"]["max_translation"] == 3.0
+    assert by_name["rand_adv_t"]["protocol"]["max_angle"] == 0.0
     assert by_name["pgd3"]["protocol"]["steps"] == 3
     assert by_name["pgd3"]["protocol"]["eps_text"] == "0.3"
     assert report["threat_model"]["norm"] == "linf"
@@ -166,6 +169,23 @@ def test_launch_train_then_evaluate(tmp_path):
     assert "pgd20_accuracy_vs_eps" in report["checks"] and isinstance(report["warnings"], list)
     table = (workdir / "report.md").read_text()
     assert "| mnist_cnn4 | natural |" in table and "PGD-3" in table and "worst case" in table
+    assert "RandAdv.T" in table
+    # Pictures: one row of clean images, then one per attack, with a caption naming the rows.
+    _run(
+        [
+            "-m",
+            "launch.visualize",
+            f"--workdir={workdir}",
+            "--attacks=grid_adv_r,flow",
+            "--num_examples=4",
+            "--scale=2",
+        ],
+        cwd=REPO,
+    )
+    grid = read_png(str(workdir / "adversarial_examples.png"))
+    assert grid.shape == (3 * (28 * 2 + 2) + 2, 4 * (28 * 2 + 2) + 2, 1)
+    caption = (workdir / "adversarial_examples.md").read_text()
+    assert "GridAdv.R" in caption and "Flow" in caption and "max_angle=30.0" in caption
     bad = subprocess.run(
         [
             sys.executable,

@@ -28,6 +28,19 @@ from advjax.attacks.minimum_norm import cw_l2, ddn
 from advjax.attacks.multitarget import MultiTargeted, multitargeted, untargeted
 from advjax.attacks.ray_search import RayS, rays
 from advjax.attacks.sparse import JSMA, Pointwise, jsma, pointwise
+from advjax.attacks.spatial import (
+    GridSearch,
+    RandomSearch,
+    SpatialAttack,
+    SpatialPGD,
+    affine_pgd,
+    flow_pgd,
+    grid_adv,
+    integrated_spatial,
+    rand_adv,
+    rt_pgd,
+    worst_of_k,
+)
 from advjax.attacks.square_search import Square, square
 from advjax.attacks.surrogate import Transfer, transfer
 
@@ -51,6 +64,14 @@ ATTACKS = {
     "multitargeted": multitargeted,
     "jsma": jsma,
     "pointwise": pointwise,
+    # Spatial threat models (advjax.threats.spatial).
+    "grid_adv": grid_adv,
+    "rand_adv": rand_adv,
+    "worst_of_k": worst_of_k,
+    "rt_pgd": rt_pgd,
+    "affine_pgd": affine_pgd,
+    "flow_pgd": flow_pgd,
+    "integrated_spatial": integrated_spatial,
 }
 
 
@@ -62,6 +83,17 @@ def get_attack(name: str, **hyperparameters) -> Attack:
 
 
 __all__ = [
+    "GridSearch",
+    "RandomSearch",
+    "SpatialAttack",
+    "SpatialPGD",
+    "affine_pgd",
+    "flow_pgd",
+    "grid_adv",
+    "integrated_spatial",
+    "rand_adv",
+    "rt_pgd",
+    "worst_of_k",
     "APGD",
     "APGDTargeted",
     "FAB",

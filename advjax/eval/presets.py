@@ -44,6 +44,16 @@ class ThreatSettings:
     step_size: float | None = None  # PGD-family step; None: 2.5 eps / steps (Madry et al.)
     restarts: int = 1
     num_classes: int = 10
+    # Spatial threat models. Rotation-translation: Engstrom et al. 2019 / SRT App. B (±30 degrees,
+    # ±3 pixels). Flow and affine bounds are in normalised coordinates ([-1, 1] across the image);
+    # the Pareto document gives none, these are advjax's defaults (0.05 is about 0.7 pixel of
+    # flow per pixel on 28 x 28 MNIST).
+    max_angle: float = 30.0
+    max_translation: float = 3.0
+    eps_flow: float = 0.05
+    eps_affine: float = 0.1
+    spatial_steps: int = 20
+    padding: str = "zeros"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +192,90 @@ def _sparse(name: str, label: str) -> Callable[[ThreatSettings], Entry]:
     return build
 
 
+_SPATIAL_MODES = {"rt": "", "t": ".T", "r": ".R"}
+
+
+def _rt_protocol(s: ThreatSettings, attack: attacks.Attack, mode: str) -> dict[str, Any]:
+    bounds = {
+        "rt": dict(max_angle=s.max_angle, max_translation=s.max_translation),
+        "t": dict(max_angle=0.0, max_translation=s.max_translation),
+        "r": dict(max_angle=s.max_angle, max_translation=0.0),
+    }[mode]
+    return {"threat_model": f"rotation-translation ({mode})", **bounds, **_describe(attack)}
+
+
+def _grid_adv(mode: str) -> Callable[[ThreatSettings], Entry]:
+    def build(s: ThreatSettings) -> Entry:
+        attack = attacks.grid_adv(s.max_angle, s.max_translation, mode=mode, padding=s.padding)
+        name = "grid_adv" + ("" if mode == "rt" else f"_{mode}")
+        label = "GridAdv" + _SPATIAL_MODES[mode]
+        return Entry(name, label, attack, _rt_protocol(s, attack, mode), bounded=False)
+
+    return build
+
+
+def _rand_adv(mode: str) -> Callable[[ThreatSettings], Entry]:
+    def build(s: ThreatSettings) -> Entry:
+        attack = attacks.rand_adv(s.max_angle, s.max_translation, mode=mode, padding=s.padding)
+        name = "rand_adv" + ("" if mode == "rt" else f"_{mode}")
+        label = "RandAdv" + _SPATIAL_MODES[mode]
+        return Entry(name, label, attack, _rt_protocol(s, attack, mode), bounded=False)
+
+    return build
+
+
+def _worst_of_k(s: ThreatSettings) -> Entry:
+    attack = attacks.worst_of_k(10, s.max_angle, s.max_translation, padding=s.padding)
+    return Entry("worst_of_k", "Worst-of-10", attack, _rt_protocol(s, attack, "rt"), bounded=False)
+
+
+def _rt_pgd(s: ThreatSettings) -> Entry:
+    attack = attacks.rt_pgd(s.max_angle, s.max_translation, s.spatial_steps, padding=s.padding)
+    return Entry("rt_pgd", "RT-PGD", attack, _rt_protocol(s, attack, "rt"), bounded=False)
+
+
+def _flow(s: ThreatSettings) -> Entry:
+    attack = attacks.flow_pgd(s.eps_flow, steps=s.spatial_steps, padding=s.padding)
+    protocol = {"threat_model": "flow (Linf, normalised units)", "eps_flow": s.eps_flow}
+    return Entry("flow", "Flow", attack, {**protocol, **_describe(attack)}, bounded=False)
+
+
+def _affine(s: ThreatSettings) -> Entry:
+    attack = attacks.affine_pgd(s.eps_affine, steps=s.spatial_steps, padding=s.padding)
+    protocol = {"threat_model": "affine increment (Linf)", "eps_affine": s.eps_affine}
+    return Entry("affine", "Affine", attack, {**protocol, **_describe(attack)}, bounded=False)
+
+
+def _integrated(s: ThreatSettings) -> Entry:
+    attack = attacks.integrated_spatial(
+        s.eps_flow, s.eps_affine, steps=s.spatial_steps, padding=s.padding
+    )
+    protocol = {
+        "threat_model": "integrated flow + affine (Linf each)",
+        "eps_flow": s.eps_flow,
+        "eps_affine": s.eps_affine,
+    }
+    return Entry("spatial", "Integrated", attack, {**protocol, **_describe(attack)}, bounded=False)
+
+
+def _compound(order: str) -> Callable[[ThreatSettings], Entry]:
+    """SRT App. F: PGD+ (GridAdv on top of PGD-40) and GridAdv+ (PGD-40 on top of GridAdv)."""
+
+    def build(s: ThreatSettings) -> Entry:
+        pixel = _pgd(40)(s)
+        grid = _grid_adv("rt")(s)
+        parts = (pixel, grid) if order == "pgd_plus" else (grid, pixel)
+        attack = attacks.sequence(*(p.attack for p in parts))
+        protocol = {
+            "threat_model": "compound: " + " then ".join(p.label for p in parts),
+            "components": {p.name: p.protocol for p in parts},
+        }
+        label = "PGD+" if order == "pgd_plus" else "GridAdv+"
+        return Entry(order, label, attack, protocol, bounded=False)
+
+    return build
+
+
 def _clean(s: ThreatSettings) -> Entry:
     del s
     return Entry("clean", "Clean", None, {"attack": "none"}, kind="clean", bounded=False)
@@ -206,6 +300,20 @@ PRESETS: dict[str, Callable[[ThreatSettings], Entry]] = {
     "ddn": _minimum_norm("ddn", "DDN"),
     "jsma": _sparse("jsma", "JSMA"),
     "pointwise": _sparse("pointwise", "Point-wise"),
+    # Spatial and compound (SRT Tables 3, 5 and App. F; Pareto document Sec. 2).
+    "grid_adv": _grid_adv("rt"),
+    "grid_adv_t": _grid_adv("t"),
+    "grid_adv_r": _grid_adv("r"),
+    "rand_adv": _rand_adv("rt"),
+    "rand_adv_t": _rand_adv("t"),
+    "rand_adv_r": _rand_adv("r"),
+    "worst_of_k": _worst_of_k,
+    "rt_pgd": _rt_pgd,
+    "flow": _flow,
+    "affine": _affine,
+    "spatial": _integrated,
+    "pgd_plus": _compound("pgd_plus"),
+    "grid_adv_plus": _compound("grid_adv_plus"),
 }
 _PGD_NAME = re.compile(r"pgd(\d+)$")
 
