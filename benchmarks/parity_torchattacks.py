@@ -95,9 +95,9 @@ def main(argv=None) -> dict:
     import torch_port
 
     from advjax.eval import ThreatSettings, evaluate_suite
+    from advjax.eval.workdir import load_config, restore_variables
     from advjax.models import make_model_fn
     from advjax.train.loop import load_split
-    from advjax.eval.workdir import load_config, restore_variables
 
     torch.manual_seed(args.seed)
     config = load_config(args.workdir)
