@@ -41,9 +41,10 @@ def time_variant(variant: str, steps: int, batch_size: int) -> float:
     mesh = make_mesh()
     step = sharded_train_step(model, defenses.get_defense(config.defense, 100), tx, schedule, mesh)
     rng = np.random.default_rng(0)
-    batch = {
-        "image": rng.integers(0, 256, (batch_size, 28, 28, 1)).astype(np.uint8),
-        "label": rng.integers(0, 10, batch_size).astype(np.int32),
+    devices = jax.local_device_count()
+    batch = {  # [local_devices, per_device, ...] as advjax.data yields batches
+        "image": rng.uniform(size=(devices, batch_size // devices, 28, 28, 1)).astype(np.float32),
+        "label": rng.integers(0, 10, (devices, batch_size // devices)).astype(np.int32),
     }
     device_state = replicate(state, mesh)
     sharded = shard_batch(batch, mesh)
