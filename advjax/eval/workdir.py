@@ -38,8 +38,17 @@ def restore_variables(config, workdir: str, which: str, image_shape):
 
 
 def threat_settings(ec: ml_collections.ConfigDict, num_classes: int) -> presets.ThreatSettings:
-    eps, eps_text = presets.parse_eps(ec.eps)
-    step = ec.get("step_size")
+    """The suite's threat model from a config's ``evaluate`` section.
+
+    Workdirs written before ``evaluate.eps`` existed kept the attack under ``evaluate.attack``;
+    its eps and step size are used then.
+    """
+    legacy = ec.get("attack") or {}
+    eps_value = ec.get("eps", legacy.get("eps"))
+    if eps_value is None:
+        raise ValueError("the config's `evaluate` section has no `eps`; add evaluate.eps='0.3'")
+    eps, eps_text = presets.parse_eps(eps_value)
+    step = ec.get("step_size", legacy.get("step_size"))
     return presets.ThreatSettings(
         norm=ec.get("norm", "linf"),
         eps=eps,
