@@ -91,7 +91,17 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"({report['split']})",
         "",
         f"{report['num_examples']} examples{'' if report['complete'] else ' (INCOMPLETE)'}; "
-        f"threat model {tm['norm']} eps = {tm['eps_text']} ({tm['eps']:.6g}); seed "
+        + (
+            f"lp threat model {tm['norm']} eps = {tm['eps_text']} ({tm['eps']:.6g})"
+            if any("eps" in c["protocol"] for c in cols)
+            else "no lp-bounded attacks"
+        )
+        + (
+            "; spatial and compound bounds per column (Protocols)"
+            if any("threat_model" in c["protocol"] for c in cols)
+            else ""
+        )
+        + f"; seed "
         f"{report['seed']}. Accuracy in %; a point counts as robust under an attack when it is "
         "classified correctly clean and at the attack's output.",
         "",
