@@ -12,6 +12,8 @@ from advjax.defenses.objectives import (
     fast_at,
     natural,
     pgd_at,
+    pgd_from_config,
+    warmup_steps,
     weighted_sum,
 )
 from advjax.defenses.regularized import (
@@ -30,27 +32,15 @@ from advjax.defenses.regularized import (
 from advjax.defenses.semi_supervised import SemiSupervisedRobust, fast_srt, rt, srt
 
 
-def _warmup_steps(cfg, steps_per_epoch: int) -> int:
-    return int(cfg.get("eps_warmup_epochs", 0) * steps_per_epoch)
-
-
 def _pgd_at(cfg, steps_per_epoch: int) -> CrossEntropyOn:
-    attack = attacks.pgd(
-        cfg.eps,
-        cfg.step_size,
-        cfg.steps,
-        norm=cfg.get("norm", "linf"),
-        random_init=cfg.get("random_init", True),
-        keep_best=False,
-    )
-    return pgd_at(attack, _warmup_steps(cfg, steps_per_epoch))
+    return pgd_at(pgd_from_config(cfg), warmup_steps(cfg, steps_per_epoch))
 
 
 def _fast_at(cfg, steps_per_epoch: int) -> CrossEntropyOn:
     attack = attacks.fgsm_rs(
         cfg.eps, step_size=cfg.get("step_size", None), norm=cfg.get("norm", "linf")
     )
-    return fast_at(attack, _warmup_steps(cfg, steps_per_epoch))
+    return fast_at(attack, warmup_steps(cfg, steps_per_epoch))
 
 
 DEFENSES = {

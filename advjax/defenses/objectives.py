@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from advjax import losses
+from advjax import attacks, losses
 from advjax.attacks import Attack
 from advjax.models import apply_train, make_model_fn
 
@@ -83,6 +83,26 @@ class WeightedSum:
 def weighted_sum(*weighted_terms: tuple[float, Any]) -> WeightedSum:
     """Composes loss terms: ``weighted_sum((1.0, natural()), (0.5, pgd_at(attack)))``."""
     return WeightedSum(tuple(weighted_terms))
+
+
+def warmup_steps(cfg: Any, steps_per_epoch: int) -> int:
+    """A defense config's ``eps_warmup_epochs`` in train steps."""
+    return int(cfg.get("eps_warmup_epochs", 0) * steps_per_epoch)
+
+
+def pgd_from_config(cfg: Any, loss: str = "ce", steps: int | None = None) -> Attack:
+    """The multi-step training adversary of a defense config: PGD maximising ``loss`` with
+    ``eps, step_size, steps, norm, random_init``, last iterate (``keep_best=False``).
+    ``steps`` overrides ``cfg.steps``."""
+    return attacks.pgd(
+        cfg.eps,
+        cfg.step_size,
+        cfg.steps if steps is None else steps,
+        norm=cfg.get("norm", "linf"),
+        loss=loss,
+        random_init=cfg.get("random_init", True),
+        keep_best=False,
+    )
 
 
 def natural() -> CrossEntropyOn:

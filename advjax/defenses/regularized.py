@@ -70,6 +70,7 @@ import jax.numpy as jnp
 from advjax import attacks, losses
 from advjax.attacks import Attack
 from advjax.attacks.base import check_nonnegative
+from advjax.defenses.objectives import pgd_from_config, warmup_steps
 from advjax.models import apply_train, make_model_fn
 
 Batch = dict[str, jax.Array]
@@ -503,20 +504,12 @@ def adversary_from_config(cfg: Any, loss: str) -> Attack:
         if steps != 1:
             raise ValueError(f"one_step=True but steps={steps}; set one_step=False for PGD")
         return attacks.fgsm_rs(cfg.eps, step_size=cfg.get("step_size", None), norm=norm, loss=loss)
-    return attacks.pgd(
-        cfg.eps,
-        cfg.step_size,
-        steps,
-        norm=norm,
-        loss=loss,
-        random_init=cfg.get("random_init", True),
-        keep_best=False,
-    )
+    return pgd_from_config(cfg, loss, steps)
 
 
 def _common(cfg: Any, steps_per_epoch: int, scale_default: bool) -> dict[str, Any]:
     return dict(
-        eps_warmup_steps=int(cfg.get("eps_warmup_epochs", 0) * steps_per_epoch),
+        eps_warmup_steps=warmup_steps(cfg, steps_per_epoch),
         num_projections=cfg.get("num_projections", 1),
         monitor_jacobian=cfg.get("monitor_jacobian", True),
         scale_weights_with_eps=cfg.get("scale_weights_with_eps", scale_default),

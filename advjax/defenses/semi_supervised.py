@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from advjax import attacks, losses
 from advjax.attacks import Attack
+from advjax.defenses.objectives import pgd_from_config, warmup_steps
 from advjax.models import apply_train, make_model_fn
 
 Batch = dict[str, jax.Array]
@@ -174,10 +175,6 @@ def fast_srt(
 # -- config builders: ``DEFENSES[name] = builder`` in ``advjax.defenses`` -------------------------
 
 
-def _warmup_steps(cfg, steps_per_epoch: int) -> int:
-    return int(cfg.get("eps_warmup_epochs", 0) * steps_per_epoch)
-
-
 def attack_from_defense_config(cfg) -> Attack:
     """The inner-maximisation attack of a defense config.
 
@@ -189,27 +186,20 @@ def attack_from_defense_config(cfg) -> Attack:
     if spec:
         params = dict(spec)
         return attacks.get_attack(params.pop("name"), **params)
-    return attacks.pgd(
-        cfg.eps,
-        cfg.step_size,
-        cfg.steps,
-        norm=cfg.get("norm", "linf"),
-        random_init=cfg.get("random_init", True),
-        keep_best=False,
-    )
+    return pgd_from_config(cfg)
 
 
 def rt_from_config(cfg, steps_per_epoch: int) -> SemiSupervisedRobust:
     """``name="rt"``: ``lam`` (default 1) and the attack of ``attack_from_defense_config``."""
     return rt(
-        attack_from_defense_config(cfg), cfg.get("lam", 1.0), _warmup_steps(cfg, steps_per_epoch)
+        attack_from_defense_config(cfg), cfg.get("lam", 1.0), warmup_steps(cfg, steps_per_epoch)
     )
 
 
 def srt_from_config(cfg, steps_per_epoch: int) -> SemiSupervisedRobust:
     """``name="srt"``: as ``rt_from_config``, the robust term also over unlabeled examples."""
     return srt(
-        attack_from_defense_config(cfg), cfg.get("lam", 1.0), _warmup_steps(cfg, steps_per_epoch)
+        attack_from_defense_config(cfg), cfg.get("lam", 1.0), warmup_steps(cfg, steps_per_epoch)
     )
 
 
@@ -220,7 +210,7 @@ def fast_srt_from_config(cfg, steps_per_epoch: int) -> SemiSupervisedRobust:
         cfg.get("lam", 1.0),
         step_size=cfg.get("step_size", None),
         norm=cfg.get("norm", "linf"),
-        eps_warmup_steps=_warmup_steps(cfg, steps_per_epoch),
+        eps_warmup_steps=warmup_steps(cfg, steps_per_epoch),
     )
 
 

@@ -204,24 +204,28 @@ def _rt_protocol(s: ThreatSettings, attack: attacks.Attack, mode: str) -> dict[s
     return {"threat_model": f"rotation-translation ({mode})", **bounds, **_describe(attack)}
 
 
-def _grid_adv(mode: str) -> Callable[[ThreatSettings], Entry]:
+def _rt_search(factory, name: str, label: str, mode: str) -> Callable[[ThreatSettings], Entry]:
+    """GridAdv / RandAdv preset (``mode``: ``rt``, ``t`` for ``.T``, ``r`` for ``.R``)."""
+
     def build(s: ThreatSettings) -> Entry:
-        attack = attacks.grid_adv(s.max_angle, s.max_translation, mode=mode, padding=s.padding)
-        name = "grid_adv" + ("" if mode == "rt" else f"_{mode}")
-        label = "GridAdv" + _SPATIAL_MODES[mode]
-        return Entry(name, label, attack, _rt_protocol(s, attack, mode), bounded=False)
+        attack = factory(s.max_angle, s.max_translation, mode=mode, padding=s.padding)
+        return Entry(
+            name + ("" if mode == "rt" else f"_{mode}"),
+            label + _SPATIAL_MODES[mode],
+            attack,
+            _rt_protocol(s, attack, mode),
+            bounded=False,
+        )
 
     return build
+
+
+def _grid_adv(mode: str) -> Callable[[ThreatSettings], Entry]:
+    return _rt_search(attacks.grid_adv, "grid_adv", "GridAdv", mode)
 
 
 def _rand_adv(mode: str) -> Callable[[ThreatSettings], Entry]:
-    def build(s: ThreatSettings) -> Entry:
-        attack = attacks.rand_adv(s.max_angle, s.max_translation, mode=mode, padding=s.padding)
-        name = "rand_adv" + ("" if mode == "rt" else f"_{mode}")
-        label = "RandAdv" + _SPATIAL_MODES[mode]
-        return Entry(name, label, attack, _rt_protocol(s, attack, mode), bounded=False)
-
-    return build
+    return _rt_search(attacks.rand_adv, "rand_adv", "RandAdv", mode)
 
 
 def _worst_of_k(s: ThreatSettings) -> Entry:
