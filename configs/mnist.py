@@ -91,7 +91,7 @@ def get_config(arg: str = "fast_at") -> ml_collections.ConfigDict:
     if arg in _SEMI_SUPERVISED:
         # SRT App. C: eps 0.1, PGD-20 with step 0.01 (FGSM with step 1.25 eps for fast_srt).
         eps = 0.1
-        c.defense.update(eps=eps, lam=0.2, eps_warmup_epochs=0)
+        c.defense.update(eps=eps, lam=0.2, eps_warmup_epochs=0, step_size=1.25 * eps)
         if arg != "fast_srt":
             c.defense.update(step_size=0.01, steps=20)
         c.data.num_labeled = 10_000

@@ -101,6 +101,14 @@ def test_locked_config_rejects_typos_and_unknown_names():
         defenses.get_defense(type("C", (), {"name": "madry"})())
 
 
+def test_one_step_adversaries_step_1_25_eps_of_their_own_eps():
+    """FGSM-from-random-start variants take a step of 1.25 eps (Wong et al. 2020; SRT App. J)."""
+    for variant in ("fast_at", "atlas", "fast_srt"):
+        defense = mnist.get_config(variant).defense
+        assert defense.steps == 1
+        assert defense.step_size == pytest.approx(1.25 * defense.eps), variant
+
+
 def test_schedules_have_the_documented_shape():
     from advjax.train.optim import make_schedule
 
