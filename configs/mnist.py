@@ -12,6 +12,14 @@ PGD-20 with step 0.01, lambda 0.2, SGD lr 0.01, 10,000 labeled training images):
 (robust training on the labeled images only), ``srt`` (semi-supervised: the robust term also on
 the unlabeled ones), ``fast_srt`` (App. J: FGSM from a random start and a cyclic learning rate).
 
+The SRT document's spatial MNIST setting (Tables 3 and 5: rotations within +-30 degrees and
+translations within +-3 px, the 4-conv CNN): ``worst_of_k`` (Worst-of-10 adversarial training,
+Engstrom et al. 2019), ``klr`` (Yang et al. 2019: TRADES with a Worst-of-10 KL adversary),
+``rt_spatial`` and ``srt_spatial`` (RT/SRT, lambda 0.2, the robust term on the Worst-of-10
+transform). They train 10 epochs with the cyclic learning rate of fast SRT's spatial version
+(App. J; the document's full schedule is 80,000 iterations at lr 0.1, App. B) and are evaluated
+with ``clean,rand_adv,grid_adv``.
+
 Train, then evaluate on the 10k test set (clean and PGD-40, eps 0.3, step 0.01, random start;
 add attacks with ``--suite=clean,pgd40,untargeted,aa_standard``)::
 
@@ -45,8 +53,13 @@ VARIANTS = (
     "rt",
     "srt",
     "fast_srt",
+    "worst_of_k",
+    "klr",
+    "rt_spatial",
+    "srt_spatial",
 )
-_SEMI_SUPERVISED = ("rt", "srt", "fast_srt")
+_SEMI_SUPERVISED = ("rt", "srt", "fast_srt", "rt_spatial", "srt_spatial")
+_SPATIAL = ("worst_of_k", "klr", "rt_spatial", "srt_spatial")
 # ATLAS App. B (MNIST, Table 1): the regularisation weights of each objective.
 _WEIGHTS = {
     "jac": dict(alpha=0.5),
@@ -97,6 +110,16 @@ def get_config(arg: str = "fast_at") -> ml_collections.ConfigDict:
         c.data.num_labeled = 10_000
         c.model = dict(name="mnist_cnn4")
 
+    if arg in _SPATIAL:
+        # The robust term's neighbourhood is the rotation-translation set: Worst-of-10 draws.
+        name = {"worst_of_k": "pgd_at", "rt_spatial": "rt", "srt_spatial": "srt"}.get(arg, arg)
+        c.defense = dict(name=name, attack=dict(name="worst_of_k", k=10), eps_warmup_epochs=0)
+        if arg in _SEMI_SUPERVISED:
+            c.defense.lam = 0.2
+        if arg == "klr":
+            c.defense.beta = 1.0
+        c.model = dict(name="mnist_cnn4")
+
     c.train = dict(
         epochs={"natural": 3, "pgd_at": 30}.get(arg, 10),
         batch_size=128,
@@ -128,7 +151,11 @@ def get_config(arg: str = "fast_at") -> ml_collections.ConfigDict:
 
     # Validation on held-out training images after every epoch (ATLAS: PGD-20, step 0.01).
     c.validation = dict(
-        attack=dict(name="pgd", eps=eps, step_size=0.01, steps=20, restarts=1),
+        attack=(
+            dict(name="worst_of_k", k=10)
+            if arg in _SPATIAL
+            else dict(name="pgd", eps=eps, step_size=0.01, steps=20, restarts=1)
+        ),
         num_examples=1000,
         batch_size=500,
         every_epochs=1,
@@ -145,7 +172,7 @@ def get_config(arg: str = "fast_at") -> ml_collections.ConfigDict:
     # advjax.eval.presets, comma-separated; e.g. "clean,pgd20,pgd1000,untargeted,multitargeted,
     # aa_standard" for ATLAS Table 1), Linf eps 0.3, PGD-family step 0.01 (ATLAS App. B).
     c.evaluate = dict(
-        suite="clean,pgd40",
+        suite="clean,rand_adv,grid_adv" if arg in _SPATIAL else "clean,pgd40",
         norm="linf",
         eps=str(eps),  # a number or an exact fraction such as "8/255"
         # PGD-family step: ATLAS App. B (0.01 at eps 0.3); SRT App. C (PGD-40, 0.005 at eps 0.1).

@@ -55,8 +55,10 @@ def setup():
 
 def np_forward(variables, x):
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
-    h = np.tanh(np.asarray(x, np.float64).reshape(x.shape[0], -1) @ p["dense1"]["kernel"]
-                + p["dense1"]["bias"])
+    h = np.tanh(
+        np.asarray(x, np.float64).reshape(x.shape[0], -1) @ p["dense1"]["kernel"]
+        + p["dense1"]["bias"]
+    )
     return h @ p["dense2"]["kernel"] + p["dense2"]["bias"], h
 
 
@@ -132,6 +134,8 @@ CASES = {
     "atlas_l": (dict(name="atlas_l", alpha=0.5), None),
     "atlas_g": (dict(name="atlas_g", beta=2.0, steps=3, step_size=0.04), "adv"),
     "trades_jac": (dict(name="trades_jac", alpha=0.5, beta=2.0), "clean"),
+    # KLR: TRADES whose adversary is a spatial worst-of-k search maximising the same KL.
+    "klr": (dict(name="klr", beta=2.0, attack=dict(name="worst_of_k", k=4)), "clean"),
 }
 
 
@@ -152,12 +156,20 @@ def test_objective_matches_numpy(setup, case):
         return defense(model, variables, batch, keys), x_adv
 
     (loss, aux), x_adv = run(variables)
-    if defense.attack is not None:
+    if defense.attack is not None and case != "klr":
         assert float(jnp.max(jnp.abs(x_adv - x))) == pytest.approx(EPS, rel=1e-5)
-    name = "mart_thesis" if case == "mart_thesis" else fields["name"]
+    name = {"mart_thesis": "mart_thesis", "klr": "trades"}.get(case, fields["name"])
     expected, jac_adv = np_objective(
-        name, variables, x, x_adv, y, fields.get("alpha", 0.0), fields.get("beta", 0.0),
-        kl_base, keys, fields.get("num_projections", 1),
+        name,
+        variables,
+        x,
+        x_adv,
+        y,
+        fields.get("alpha", 0.0),
+        fields.get("beta", 0.0),
+        kl_base,
+        keys,
+        fields.get("num_projections", 1),
     )
     np.testing.assert_allclose(loss, expected, rtol=2e-5)
     # jac_norm: the estimate of ||J(x')||_F^2 at the adversary (at x for zero-step JAC).
@@ -226,9 +238,18 @@ def test_config_builders_pick_the_adversary():
     atlas = defenses.get_defense(cfg(dict(name="atlas", eps=EPS, eps_warmup_epochs=2)), 5)
     assert atlas.eps_warmup_steps == 10 and atlas.scale_weights_with_eps
     assert (atlas.alpha, atlas.beta, atlas.attack.loss) == (2e-4, 5.0, "ce")
+    klr = defenses.get_defense(cfg(dict(name="klr", eps=EPS)))
+    assert isinstance(klr.attack, attacks.RandomSearch) and klr.beta == 1.0
+    assert (klr.attack.num_tries, klr.attack.loss, klr.ce_on) == (10, "kl_from_reference", "clean")
+    wok = defenses.get_defense(cfg(dict(name="pgd_at", eps=EPS, attack=dict(name="worst_of_k"))))
+    assert isinstance(wok.attack, attacks.RandomSearch) and wok.attack.loss == "ce"
     tj = defenses.get_defense(cfg(dict(name="trades_jac", eps=EPS)))
-    assert (tj.alpha, tj.beta, tj.attack.loss, tj.jac_on) == (2e-4, 0.5, "kl_from_reference",
-                                                             "clean")
+    assert (tj.alpha, tj.beta, tj.attack.loss, tj.jac_on) == (
+        2e-4,
+        0.5,
+        "kl_from_reference",
+        "clean",
+    )
 
 
 # -- ATLAS with alpha = beta = 0 is one-step ADV -----------------------------------------------
@@ -257,10 +278,14 @@ def test_atlas_without_penalties_is_fast_at_with_batchnorm():
     (loss_a, aux_a), grad_a = jax.jit(lambda s: value_and_grad(atlas, s))(step)
     (loss_f, aux_f), grad_f = jax.jit(lambda s: value_and_grad(fast, s))(step)
     np.testing.assert_allclose(loss_a, loss_f, rtol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-                 grad_a, grad_f)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
-                 aux_a["batch_stats"], aux_f["batch_stats"])
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grad_a, grad_f
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+        aux_a["batch_stats"],
+        aux_f["batch_stats"],
+    )
     np.testing.assert_allclose(aux_a["metrics"]["adv_accuracy"], aux_f["metrics"]["adv_accuracy"])
     assert float(aux_a["metrics"]["jac_norm"]) > 0  # monitored, without changing the gradient
 
@@ -283,8 +308,9 @@ def test_batchnorm_statistics_chain_clean_then_adversarial_pass():
         return aux, clean_stats, expected
 
     aux, clean_stats, expected = run(variables)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5),
-                 aux["batch_stats"], expected)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), aux["batch_stats"], expected
+    )
     changed = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), expected, clean_stats)
     assert min(jax.tree.leaves(changed)) > 0  # the adversarial pass did update the statistics
 
@@ -430,6 +456,9 @@ def test_train_step_with_atlas_jits_and_learns():
     assert [float(m["beta"]) for m in history[:3]] == [0.0, 0.5, 1.0]  # warm-up over 2 steps
     assert all(np.isfinite(float(m["loss"])) for m in history)
     assert float(history[-1]["ce_loss"]) < float(history[2]["ce_loss"])
-    stats = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
-                         jax.device_get(state.batch_stats), initial_stats)
+    stats = jax.tree.map(
+        lambda a, b: float(jnp.max(jnp.abs(a - b))),
+        jax.device_get(state.batch_stats),
+        initial_stats,
+    )
     assert min(jax.tree.leaves(stats)) > 0

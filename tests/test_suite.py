@@ -154,6 +154,24 @@ def test_cascade_keeps_first_success_and_matches_union(problem):
     np.testing.assert_allclose(combined.x_adv[untouched], x[untouched])
 
 
+def test_cascade_compaction_changes_nothing_with_per_example_keys(problem):
+    """Later stages run on a compacted bucket of the robust points; with per-example keys every
+    point's random start is its own, so the outcome equals the uncompacted cascade's."""
+    dataset, variables = problem
+    x = jnp.asarray(dataset.images, jnp.float32) / 255.0
+    y = jnp.asarray(dataset.labels)
+    stages = (attacks.fgsm(0.02), attacks.pgd(0.04, 0.01, 2), attacks.pgd(0.05, 0.02, 3))
+    keys = jax.random.split(jax.random.key(3), x.shape[0])
+    compacted = attacks.cascade(*stages)
+    assert compacted.buckets != (1.0,)
+    full = dataclasses.replace(compacted, buckets=(1.0,))
+    a = jax.jit(compacted.run, static_argnums=0)(linear_model_fn, variables, x, y, keys)
+    b = jax.jit(full.run, static_argnums=0)(linear_model_fn, variables, x, y, keys)
+    np.testing.assert_array_equal(a.success, b.success)
+    np.testing.assert_allclose(a.x_adv, b.x_adv, atol=1e-6)
+    assert 0 < int(a.success.sum()) < x.shape[0]
+
+
 def test_names_and_eps_are_checked():
     with pytest.raises(ValueError, match="valid names: .*pgd<N>"):
         presets.resolve("pgd_typo", SETTINGS)

@@ -32,6 +32,7 @@ from advjax.train.loop import eps_scale, train_and_evaluate
 from advjax.train.metrics import read_metrics
 from advjax.train.optim import get_plateau_state, make_optimizer, make_schedule, set_plateau_state
 from advjax.train.schedules import Plateau, PlateauState, initial_plateau_state, plateau_update
+from configs import mnist
 from tests.train_configs import tiny_config
 
 # -- validation-guided schedule (ATLAS App. B) ---------------------------------------------------
@@ -505,3 +506,25 @@ def test_semi_supervised_run_logs_labeled_mix_and_monitors(
     (epoch,) = [r for r in records if "val_robust_accuracy" in r]
     assert epoch["val_jac_norm"] > 0 and np.isfinite(epoch["val_jac_norm"])
     assert epoch["catastrophic_overfitting"] == 0.0 and epoch["co_robust_drop"] == 0.0
+
+
+def test_spatial_srt_config_trains_with_a_worst_of_k_neighbourhood(tmp_path):
+    """``srt_spatial``: SRT whose robust term uses Worst-of-10 rotation-translations, validated
+    under Worst-of-10; the other spatial variants build the documented objectives."""
+    for variant, kind in [
+        ("worst_of_k", "CrossEntropyOn"),
+        ("klr", "Regularized"),
+        ("rt_spatial", "SemiSupervisedRobust"),
+    ]:
+        defense = defenses.get_defense(mnist.get_config(variant).defense, 10)
+        assert type(defense).__name__ == kind
+        assert isinstance(defense.attack, attacks.RandomSearch) and defense.attack.num_tries == 10
+    config = tiny_config("srt_spatial", epochs=1)
+    config.data.num_labeled = 64
+    config.validation.attack.k = 2
+    state = train_and_evaluate(config, str(tmp_path))
+    assert int(state.step) == 6
+    records = read_metrics(str(tmp_path))
+    train_records = [r for r in records if "robust_loss" in r]
+    assert train_records and all(np.isfinite(r["robust_loss"]) for r in train_records)
+    assert 0.0 <= [r for r in records if "val_robust_accuracy" in r][-1]["val_robust_accuracy"]

@@ -19,7 +19,8 @@ def tiny_config(defense: str = "fast_at", epochs: int = 2):
     c.train.checkpoint_every_steps = 4
     c.train.progress = False
     c.defense.update(step_size=0.05, steps=2) if defense == "pgd_at" else None
-    c.validation.attack.steps = 3
+    if c.validation.attack.name == "pgd":
+        c.validation.attack.steps = 3
     c.validation.num_examples = 64
     c.validation.batch_size = 32
     c.evaluate.suite = "clean,pgd3"

@@ -241,8 +241,9 @@ class FAB(Attack):
             grads = jnp.moveaxis(grads.reshape(num_classes, batch, -1), 0, 1)  # [B, K, D]
             onehot = jax.nn.one_hot(y, num_classes, dtype=bool)
             f_all = logits - jnp.sum(jnp.where(onehot, logits, 0.0), axis=1, keepdims=True)
-            g_all = grads - jnp.sum(jnp.where(onehot[:, :, None], grads, 0.0), axis=1,
-                                    keepdims=True)
+            g_all = grads - jnp.sum(
+                jnp.where(onehot[:, :, None], grads, 0.0), axis=1, keepdims=True
+            )
             g_norm = jax.vmap(lambda g: lp_norm(g, dual))(g_all)
             dist = jnp.where(onehot, jnp.inf, jnp.abs(f_all) / (1e-12 + g_norm))
             j = jnp.argmin(dist, axis=1)
@@ -336,9 +337,7 @@ def fab_t(
     AutoAttack-standard defaults: 9 targets, 100 iterations, 1 restart, ``alpha_max = 0.1``,
     ``eta = 1.05``, ``beta = 0.9``.
     """
-    return FAB(
-        eps, norm, n_target_classes, n_iter, n_restarts, alpha_max, eta, beta, parallel
-    )
+    return FAB(eps, norm, n_target_classes, n_iter, n_restarts, alpha_max, eta, beta, parallel)
 
 
 def fab(
@@ -352,6 +351,4 @@ def fab(
     parallel: bool = False,
 ) -> FAB:
     """Untargeted FAB (Croce & Hein, ICML 2020, Algorithm 1); AutoAttack "plus" uses 5 restarts."""
-    return FAB(
-        eps, norm, 1, n_iter, n_restarts, alpha_max, eta, beta, parallel, targeted=False
-    )
+    return FAB(eps, norm, 1, n_iter, n_restarts, alpha_max, eta, beta, parallel, targeted=False)

@@ -10,8 +10,9 @@ Versions, as in the reference ``autoattack.AutoAttack.set_version``:
 * ``rand``: APGD-CE and APGD-DLR with expectation over 20 draws of the model's randomness
   (randomised models read a key from ``variables[MODEL_KEY]``, see ``attacks.base``).
 
-Built on ``cascade``: fixed shapes, every attack sees the whole batch but only updates points that
-no earlier attack broke, and is skipped once the batch is broken. The result is the per-point worst
+Built on ``cascade``: each attack runs only on the points no earlier attack broke, gathered into
+the smallest static bucket of rows that holds them (``compaction.on_active``: fixed shapes, one
+compilation per bucket), and not at all once the batch is broken. The result is the per-point worst
 case (a point is robust only if it survives every component), never an average.
 """
 

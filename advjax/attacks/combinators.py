@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from advjax.attacks import compaction
 from advjax.attacks.base import Attack, AttackResult, better, check_images, split_keys
 from advjax.losses import margin
 
@@ -97,40 +98,69 @@ def worst_case(*attacks: Attack) -> WorstCase:
 class Cascade(Attack):
     """Runs attacks in order, each only on the points that are still robust (AutoAttack's scheme).
 
-    Shapes stay fixed: every attack sees the whole batch, but its result is taken only for points
-    that no earlier attack broke, and it is skipped (``lax.cond``) once every point of the batch is
-    broken. A point counts as broken when the model misclassifies the returned ``x_adv``
-    (re-checked here, not taken from the attack's own report). Points the model misclassifies
-    already at ``x`` count as broken from the start. ``y`` are labels (untargeted).
+    Shapes stay fixed: before each attack, the points that no earlier attack broke are gathered
+    into the smallest static bucket of rows that holds them (``compaction.on_active``; ``buckets``
+    are fractions of the batch), the attack runs on that bucket only, and its results are
+    scattered back; once every point of the batch is broken the remaining attacks do not run. A
+    point counts as broken when the model misclassifies the returned ``x_adv`` (re-checked here,
+    not taken from the attack's own report). Points the model misclassifies already at ``x`` count
+    as broken from the start. ``y`` are labels (untargeted). With one key for the batch, an
+    attack's random draws for a point depend on the bucket it ran in; pass per-example keys
+    (``[B]``) to make every point's result independent of the others.
     """
 
     attacks: tuple[Attack, ...]
+    buckets: tuple[float, ...] = (1.0, 0.5, 0.25)
+
+    def __post_init__(self):
+        compaction.bucket_sizes(1, self.buckets)
 
     def scaled(self, factor: Any) -> Cascade:
-        return Cascade(tuple(a.scaled(factor) for a in self.attacks))
+        return Cascade(tuple(a.scaled(factor) for a in self.attacks), self.buckets)
 
     def run(self, model_fn, variables, x, y, key) -> AttackResult:
         check_images(x)
         keys = split_keys(key, len(self.attacks))
-
-        def misclassified(x_):
-            return jnp.argmax(model_fn(variables, x_), axis=-1) != y
-
-        broken = misclassified(x)
+        broken = misclassified(model_fn, variables, x, y)
         x_adv = x
         for attack, k in zip(self.attacks, keys, strict=True):
-
-            def attack_remaining(carry, attack=attack, k=k):
-                x_adv, broken = carry
-                result = attack.run(model_fn, variables, x, y, k)
-                new = ~broken & result.success & misclassified(result.x_adv)
-                return jnp.where(new[:, None, None, None], result.x_adv, x_adv), broken | new
-
-            x_adv, broken = jax.lax.cond(
-                jnp.all(broken), lambda carry: carry, attack_remaining, (x_adv, broken)
+            x_adv, broken = cascade_stage(
+                attack, model_fn, variables, x, y, k, x_adv, broken, self.buckets
             )
         logits = model_fn(variables, x_adv)
         return AttackResult(x_adv=x_adv, loss=margin(logits, y), success=broken)
+
+
+def misclassified(model_fn, variables, x: jax.Array, y: jax.Array) -> jax.Array:
+    return jnp.argmax(model_fn(variables, x), axis=-1) != y
+
+
+def cascade_stage(
+    attack: Attack,
+    model_fn,
+    variables,
+    x: jax.Array,
+    y: jax.Array,
+    key: jax.Array,
+    x_adv: jax.Array,
+    broken: jax.Array,
+    buckets: tuple[float, ...] = (1.0,),
+) -> tuple[jax.Array, jax.Array]:
+    """One stage of ``Cascade``: ``attack`` on the points not yet ``broken`` (compacted into a
+    bucket); returns the updated ``(x_adv, broken)``. ``key``: one key or per-example keys."""
+
+    def attack_rows(x_rows, y_rows, *key_rows):
+        result = attack.run(model_fn, variables, x_rows, y_rows, *(key_rows or (key,)))
+        return result.x_adv, result.success & misclassified(
+            model_fn, variables, result.x_adv, y_rows
+        )
+
+    rows = (x, y, key) if key.ndim > 0 else (x, y)
+    found, ok = compaction.on_active(
+        attack_rows, ~broken, rows, (x_adv, jnp.zeros_like(broken)), buckets
+    )
+    new = ~broken & ok
+    return jnp.where(new[:, None, None, None], found, x_adv), broken | new
 
 
 def cascade(*attacks: Attack) -> Cascade:

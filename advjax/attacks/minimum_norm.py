@@ -254,7 +254,13 @@ def cw_l2(
     abort early) except ``steps=1000`` per search step instead of 10000.
     """
     return CarliniWagnerL2(
-        steps, binary_search_steps, initial_const, learning_rate, confidence, abort_early, eps,
+        steps,
+        binary_search_steps,
+        initial_const,
+        learning_rate,
+        confidence,
+        abort_early,
+        eps,
         targeted,
     )
 

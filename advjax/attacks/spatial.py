@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax import losses
+from advjax.attacks import compaction
 from advjax.attacks.base import (
     Attack,
     AttackResult,
@@ -98,6 +99,12 @@ def _pick(take: jax.Array, new: Any, old: Any) -> Any:
     )
 
 
+def _zeros_like(a: jax.Array, dtype: Any) -> jax.Array:
+    """Zeros shaped like the integer or bool array ``a`` that inherit its device-varying type
+    inside ``shard_map`` (a constant would not, and a ``scan`` carry must keep one type)."""
+    return (a != a).astype(dtype)
+
+
 def first_best(scores: jax.Array, oks: jax.Array) -> jax.Array:
     """Per-example index ``[B]`` of the best of ``N`` candidates (``scores``, ``oks``: ``[N, B]``).
 
@@ -117,7 +124,7 @@ def first_best(scores: jax.Array, oks: jax.Array) -> jax.Array:
         ), None
 
     n, b = scores.shape
-    indices = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None], (n, b))
+    indices = jnp.arange(n, dtype=jnp.int32)[:, None] + _zeros_like(oks, jnp.int32)
     first = (scores[0], oks[0], indices[0])
     (_, _, best), _ = jax.lax.scan(fold, first, (scores[1:], oks[1:], indices[1:]))
     return best
@@ -164,6 +171,13 @@ class GridSearch(SpatialAttack):
     The chosen transform is, per example, the first misclassifying transform of highest ``loss``,
     or the first of highest ``loss`` when none misclassifies. ``result.loss`` and
     ``result.success`` are re-evaluated at ``x_adv``.
+
+    ``early_stop`` (default): a chunk runs only on the examples that no earlier chunk
+    misclassified, gathered into the smallest static bucket that holds them
+    (``compaction.on_active``). Which examples are broken, and the transform chosen for the
+    others, are unchanged; a broken example keeps the highest-loss misclassifying transform of the
+    first chunk that broke it. On a model without spatial robustness most examples fall to the
+    first chunks, so the search costs a fraction of the full grid.
     """
 
     threat: RotationTranslation = RotationTranslation()
@@ -172,9 +186,12 @@ class GridSearch(SpatialAttack):
     mode: str = "rt"
     chunk_size: int = 25
     loss: Any = "ce"
+    early_stop: bool = True
+    buckets: tuple[float, ...] = compaction.DEFAULT_BUCKETS
 
     def __post_init__(self):
         check_mode(self.mode)
+        compaction.bucket_sizes(1, self.buckets)
         _check_count(
             num_angles=self.num_angles,
             num_translations=self.num_translations,
@@ -203,23 +220,55 @@ class GridSearch(SpatialAttack):
         check_images(x)
         _check_labels(y)
         x = jax.lax.stop_gradient(x)
-        batch = x.shape[0]
         grid = self.grid()
         num = grid.shape[0]
         chunk = min(self.chunk_size, num)
         num_chunks = math.ceil(num / chunk)
         padded = jnp.concatenate([grid, jnp.repeat(grid[-1:], num_chunks * chunk - num, axis=0)])
+        # The padding repeats the last transform: never strictly better than it, never chosen.
 
-        def evaluate_one(transform):
-            params = jnp.broadcast_to(transform, (batch, 3))
-            return _evaluate(model_fn, variables, self.threat.apply(params, x), y, self.loss)
+        def chunk_best(transforms, x_rows, y_rows):
+            """Per row, (score, success, index in chunk) of the chunk's best transform."""
+            rows = x_rows.shape[0]
 
-        scores, oks = jax.lax.map(
-            jax.vmap(evaluate_one), padded.reshape(num_chunks, chunk, 3)
-        )  # [num_chunks, chunk, B]
-        scores = scores.reshape(num_chunks * chunk, batch)[:num]
-        oks = oks.reshape(num_chunks * chunk, batch)[:num]
-        params = grid[first_best(scores, oks)]
+            def evaluate_one(transform):
+                params = jnp.broadcast_to(transform, (rows, 3))
+                return _evaluate(
+                    model_fn, variables, self.threat.apply(params, x_rows), y_rows, self.loss
+                )
+
+            scores, oks = jax.vmap(evaluate_one)(transforms)  # [chunk, rows]
+            best = first_best(scores, oks)
+            at = jnp.arange(rows)
+            return scores[best, at], oks[best, at], best
+
+        def scan_chunk(carry, inputs):
+            best_score, best_ok, best_index = carry
+            transforms, offset = inputs
+            if self.early_stop:
+                score, ok, index = compaction.on_active(
+                    lambda xr, yr: chunk_best(transforms, xr, yr),
+                    ~best_ok,
+                    (x, y),
+                    (best_score, best_ok, jnp.zeros_like(best_index)),
+                    self.buckets,
+                )
+            else:
+                score, ok, index = chunk_best(transforms, x, y)
+            take = better(ok, score, best_ok, best_score)  # strict: a fallback row never wins
+            return (
+                jnp.where(take, score, best_score),
+                jnp.where(take, ok, best_ok),
+                jnp.where(take, offset + index, best_index),
+            ), None
+
+        false = _zeros_like(y, bool)
+        init = (jnp.where(false, 0.0, -jnp.inf).astype(jnp.float32), false, false.astype(jnp.int32))
+        offsets = jnp.arange(num_chunks, dtype=jnp.int32) * chunk
+        (_, _, best), _ = jax.lax.scan(
+            scan_chunk, init, (padded.reshape(num_chunks, chunk, 3), offsets)
+        )
+        params = grid[jnp.minimum(best, num - 1)]
         x_adv = self.threat.apply(params, x)
         loss, ok = _evaluate(model_fn, variables, x_adv, y, self.loss)
         return params, AttackResult(x_adv=x_adv, loss=loss, success=ok)
@@ -392,9 +441,11 @@ def grid_adv(
     padding: str = "zeros",
     chunk_size: int = 25,
     loss: Any = "ce",
+    early_stop: bool = True,
 ) -> GridSearch:
     """GridAdv (Engstrom et al. 2019; SRT document App. B): ±30 degrees in 31 steps, ±3 pixels in
-    5 steps per axis (775 transforms); ``mode="t"``/``"r"`` give GridAdv.T / GridAdv.R."""
+    5 steps per axis (775 transforms); ``mode="t"``/``"r"`` give GridAdv.T / GridAdv.R.
+    ``early_stop``: stop searching on examples already misclassified (``GridSearch``)."""
     return GridSearch(
         RotationTranslation(max_angle, max_translation, padding),
         num_angles,
@@ -402,6 +453,7 @@ def grid_adv(
         mode,
         chunk_size,
         loss,
+        early_stop,
     )
 
 

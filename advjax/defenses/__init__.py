@@ -9,10 +9,10 @@ from advjax.defenses import regularized, semi_supervised
 from advjax.defenses.objectives import (
     CrossEntropyOn,
     WeightedSum,
+    attack_from_defense_config,
     fast_at,
     natural,
     pgd_at,
-    pgd_from_config,
     warmup_steps,
     weighted_sum,
 )
@@ -33,7 +33,9 @@ from advjax.defenses.semi_supervised import SemiSupervisedRobust, fast_srt, rt, 
 
 
 def _pgd_at(cfg, steps_per_epoch: int) -> CrossEntropyOn:
-    return pgd_at(pgd_from_config(cfg), warmup_steps(cfg, steps_per_epoch))
+    """PGD-AT; with ``cfg.attack`` any attack (``attack=dict(name="worst_of_k", k=10)`` is
+    Worst-of-k adversarial training, Engstrom et al. 2019)."""
+    return pgd_at(attack_from_defense_config(cfg), warmup_steps(cfg, steps_per_epoch))
 
 
 def _fast_at(cfg, steps_per_epoch: int) -> CrossEntropyOn:
@@ -55,6 +57,7 @@ DEFENSES = {
     "atlas_l": regularized.atlas_l_from_config,
     "atlas_g": regularized.atlas_g_from_config,
     "trades_jac": regularized.trades_jac_from_config,
+    "klr": regularized.klr_from_config,
     # Semi-supervised robust training (advjax.defenses.semi_supervised, SRT document).
     "rt": semi_supervised.rt_from_config,
     "srt": semi_supervised.srt_from_config,

@@ -105,6 +105,26 @@ def pgd_from_config(cfg: Any, loss: str = "ce", steps: int | None = None) -> Att
     )
 
 
+def attack_from_defense_config(
+    cfg: Any, loss: str | None = None, default: dict[str, Any] | None = None
+) -> Attack:
+    """The inner-maximisation attack of a defense config.
+
+    ``cfg.attack = dict(name=..., **hyperparameters)`` builds any registered attack
+    (``advjax.attacks.get_attack``, e.g. ``dict(name="worst_of_k", k=10)`` for the spatial
+    defenses); ``loss``, when given and not in the dict, is passed as the attack's ``loss``.
+    Without ``cfg.attack``: PGD from ``eps, step_size, steps, norm, random_init`` maximising
+    ``loss`` (default cross-entropy), as ``pgd_at``, or the attack of the ``default`` dict.
+    """
+    spec = cfg.get("attack", None) or default
+    if spec:
+        params = dict(spec)
+        if loss is not None:
+            params.setdefault("loss", loss)
+        return attacks.get_attack(params.pop("name"), **params)
+    return pgd_from_config(cfg, loss or "ce")
+
+
 def natural() -> CrossEntropyOn:
     """Standard training: cross-entropy on clean inputs."""
     return CrossEntropyOn(None, name="clean")

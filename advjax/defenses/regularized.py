@@ -70,7 +70,11 @@ import jax.numpy as jnp
 from advjax import attacks, losses
 from advjax.attacks import Attack
 from advjax.attacks.base import check_nonnegative
-from advjax.defenses.objectives import pgd_from_config, warmup_steps
+from advjax.defenses.objectives import (
+    attack_from_defense_config,
+    pgd_from_config,
+    warmup_steps,
+)
 from advjax.models import apply_train, make_model_fn
 
 Batch = dict[str, jax.Array]
@@ -118,6 +122,7 @@ def projection_vectors(
 
     ``keys`` is ``[B]`` (one key per example); each example's vectors depend on its key only.
     """
+
     def draw(key):
         v = jax.random.normal(key, (num_projections, num_classes))
         return v / jnp.linalg.norm(v, axis=-1, keepdims=True)
@@ -238,9 +243,7 @@ class Regularized:
     weight_scale: Any = 1.0
 
     def __post_init__(self):
-        check_nonnegative(
-            alpha=self.alpha, beta=self.beta, eps_warmup_steps=self.eps_warmup_steps
-        )
+        check_nonnegative(alpha=self.alpha, beta=self.beta, eps_warmup_steps=self.eps_warmup_steps)
         _check_choice("ce_on", self.ce_on, POINTS)
         _check_choice("ce_loss", self.ce_loss, CE_LOSSES)
         _check_choice("jac_on", self.jac_on, POINTS)
@@ -248,8 +251,9 @@ class Regularized:
         _check_choice("kl_weight", self.kl_weight, KL_WEIGHTS)
         _check_choice("attack_target", self.attack_target, ATTACK_TARGETS)
         if int(self.num_projections) != self.num_projections or self.num_projections < 1:
-            raise ValueError(f"num_projections must be a positive integer, got "
-                             f"{self.num_projections}")
+            raise ValueError(
+                f"num_projections must be a positive integer, got {self.num_projections}"
+            )
         if self.attack is None:
             if self.ce_on == "adv" or (self.alpha and self.jac_on == "adv") or self.beta:
                 raise ValueError(
@@ -271,8 +275,7 @@ class Regularized:
                 )
         elif attack_loss in kl_losses:
             raise ValueError(
-                "a KL attack needs the clean logits as its target: use "
-                "attack_target='clean_logits'"
+                "a KL attack needs the clean logits as its target: use attack_target='clean_logits'"
             )
 
     def at_step(self, step: jax.Array) -> Regularized:
@@ -294,7 +297,9 @@ class Regularized:
             or self.attack is None
         )
         adv = self.attack is not None and (
-            self.ce_on == "adv" or (bool(self.alpha) and self.jac_on == "adv") or uses_kl
+            self.ce_on == "adv"
+            or (bool(self.alpha) and self.jac_on == "adv")
+            or uses_kl
             or self.monitor_jacobian
         )
         return clean, adv
@@ -387,8 +392,13 @@ def trades(
     the TRADES paper's CIFAR-10 value (1 on MNIST in ATLAS App. B).
     """
     return Regularized(
-        attack, beta=beta, ce_on="clean", kl_base=kl_base, attack_target="clean_logits",
-        eps_warmup_steps=eps_warmup_steps, **kwargs,
+        attack,
+        beta=beta,
+        ce_on="clean",
+        kl_base=kl_base,
+        attack_target="clean_logits",
+        eps_warmup_steps=eps_warmup_steps,
+        **kwargs,
     )
 
 
@@ -431,7 +441,11 @@ def jac(alpha: float = 0.5, num_projections: int = 1, **kwargs: Any) -> Regulari
     ``lambda_JR / 2 ||J||_F^2``, so their ``lambda_JR`` is ``2 alpha`` here.
     """
     return Regularized(
-        None, alpha=alpha, ce_on="clean", jac_on="clean", num_projections=num_projections,
+        None,
+        alpha=alpha,
+        ce_on="clean",
+        jac_on="clean",
+        num_projections=num_projections,
         **kwargs,
     )
 
@@ -453,8 +467,14 @@ def atlas(
     """
     kwargs.setdefault("scale_weights_with_eps", True)
     return Regularized(
-        attack, alpha=alpha, beta=beta, ce_on="adv", jac_on="adv", kl_base=kl_base,
-        eps_warmup_steps=eps_warmup_steps, **kwargs,
+        attack,
+        alpha=alpha,
+        beta=beta,
+        ce_on="adv",
+        jac_on="adv",
+        kl_base=kl_base,
+        eps_warmup_steps=eps_warmup_steps,
+        **kwargs,
     )
 
 
@@ -481,8 +501,15 @@ def trades_jac(
     (build ``attack`` with ``loss=kl_attack_loss(kl_base)``). Defaults: App. D.1 (CIFAR)."""
     kwargs.setdefault("scale_weights_with_eps", True)
     return Regularized(
-        attack, alpha=alpha, beta=beta, ce_on="clean", jac_on="clean", kl_base=kl_base,
-        attack_target="clean_logits", eps_warmup_steps=eps_warmup_steps, **kwargs,
+        attack,
+        alpha=alpha,
+        beta=beta,
+        ce_on="clean",
+        jac_on="clean",
+        kl_base=kl_base,
+        attack_target="clean_logits",
+        eps_warmup_steps=eps_warmup_steps,
+        **kwargs,
     )
 
 
@@ -496,7 +523,11 @@ def adversary_from_config(cfg: Any, loss: str) -> Attack:
     One-step (``one_step``, default when ``steps`` is absent or 1): FGSM from a uniform random
     start, step ``step_size`` (default ``1.25 eps``; ``attacks.fgsm_rs``). Multi-step: PGD with
     ``step_size`` and ``steps``, last iterate, random start unless ``random_init=False``.
+    ``cfg.attack = dict(name=..., ...)``: that attack instead, e.g. a spatial worst-of-k
+    (``objectives.attack_from_defense_config``), maximising ``loss`` unless the dict names one.
     """
+    if cfg.get("attack", None):
+        return attack_from_defense_config(cfg, loss)
     steps = cfg.get("steps", 1)
     one_step = cfg.get("one_step", steps == 1)
     norm = cfg.get("norm", "linf")
@@ -525,6 +556,18 @@ def trades_from_config(cfg: Any, steps_per_epoch: int) -> Regularized:
     kl_base = cfg.get("kl_base", "clean")
     attack = adversary_from_config(cfg, kl_attack_loss(kl_base))
     return trades(attack, cfg.get("beta", 6.0), kl_base, **_common(cfg, steps_per_epoch, False))
+
+
+def klr_from_config(cfg: Any, steps_per_epoch: int) -> Regularized:
+    """KLR (Yang et al. 2019), the SRT document's spatial baseline: ``CE(f(x), y) + beta
+    KL(p(x) || p(x'))`` with ``x'`` the transform of a spatial search that maximises the KL;
+    TRADES with a spatial adversary. ``cfg.attack`` defaults to Worst-of-10 rotation-translations
+    (``+-30`` degrees, ``+-3`` px) and ``beta`` to 1 (our choice; the document gives none)."""
+    kl_base = cfg.get("kl_base", "clean")
+    attack = attack_from_defense_config(
+        cfg, kl_attack_loss(kl_base), default=dict(name="worst_of_k", k=10)
+    )
+    return trades(attack, cfg.get("beta", 1.0), kl_base, **_common(cfg, steps_per_epoch, False))
 
 
 def mart_from_config(cfg: Any, steps_per_epoch: int) -> Regularized:
@@ -585,4 +628,3 @@ def trades_jac_from_config(cfg: Any, steps_per_epoch: int) -> Regularized:
         kl_base=kl_base,
         **_common(cfg, steps_per_epoch, True),
     )
-

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from advjax import attacks, losses
 from advjax.attacks import Attack
-from advjax.defenses.objectives import pgd_from_config, warmup_steps
+from advjax.defenses.objectives import attack_from_defense_config, warmup_steps
 from advjax.models import apply_train, make_model_fn
 
 Batch = dict[str, jax.Array]
@@ -173,20 +173,6 @@ def fast_srt(
 
 
 # -- config builders: ``DEFENSES[name] = builder`` in ``advjax.defenses`` -------------------------
-
-
-def attack_from_defense_config(cfg) -> Attack:
-    """The inner-maximisation attack of a defense config.
-
-    ``cfg.attack = dict(name=..., **hyperparameters)`` builds any registered attack
-    (``advjax.attacks.get_attack``, e.g. a spatial worst-of-k attack); without it, PGD from
-    ``eps, step_size, steps, norm, random_init`` (as ``pgd_at``).
-    """
-    spec = cfg.get("attack", None)
-    if spec:
-        params = dict(spec)
-        return attacks.get_attack(params.pop("name"), **params)
-    return pgd_from_config(cfg)
 
 
 def rt_from_config(cfg, steps_per_epoch: int) -> SemiSupervisedRobust:

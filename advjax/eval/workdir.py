@@ -76,5 +76,3 @@ _SPATIAL_DEFAULTS = {
         "padding",
     )
 }
-
-

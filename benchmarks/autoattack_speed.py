@@ -1,0 +1,205 @@
+"""AutoAttack-standard speed: advjax vs torchattacks on the same MNIST weights, per component.
+
+    python benchmarks/autoattack_speed.py --workdir=workdirs/mnist_fast_at --num_examples=1000 \\
+        --output=results/autoattack_speed
+
+Both sides run the four components of AutoAttack standard (Linf; APGD-CE, APGD-T with 9 target
+classes, FAB-T with 9 target classes, Square with 5,000 queries; 100 iterations for the APGD and FAB
+parts, as the reference) in order, each only on the points no earlier component broke, in batches
+of ``--batch``, on the same points, in one process:
+
+* advjax: ``advjax.attacks.combinators.cascade_stage`` per component, jitted once per component
+  (the same code ``attacks.autoattack`` runs inside one jit), the still-robust points compacted
+  into static buckets. Compilation is timed apart (ahead-of-time ``lower().compile()``).
+* torchattacks: its ``AutoAttack`` components (``_autoattack.attacks``, with ``steps=100``),
+  applied in order to the still-robust points of each batch, as its ``MultiAttack`` does.
+
+Prints the per-component time split, the robust accuracy after each component on both sides, and
+the ratio advjax / torchattacks (the issue's target: at most 1.0x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from advjax import host  # noqa: E402
+
+host.configure()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from advjax.attacks import auto_attack, combinators  # noqa: E402
+from advjax.attacks.base import split_keys  # noqa: E402
+
+NAMES = ("apgd-ce", "apgd-t", "fab-t", "square")
+
+
+def advjax_run(model_fn, variables, x, y, eps, batch, seed, buckets):
+    """Per component: (seconds, compile seconds); and the final robust mask."""
+    components = auto_attack.components(eps, "linf", "standard")
+    stages = {
+        name: jax.jit(
+            lambda v, x, y, k, xa, br, a=attack: combinators.cascade_stage(
+                a, model_fn, v, x, y, k, xa, br, buckets
+            )
+        )
+        for name, attack in components.items()
+    }
+    robust_all, seconds, compile_s = [], dict.fromkeys(components, 0.0), {}
+    for start in range(0, len(y), batch):
+        xb, yb = jnp.asarray(x[start : start + batch]), jnp.asarray(y[start : start + batch])
+        keys = split_keys(
+            jax.random.split(jax.random.key(seed), len(y))[start : start + len(yb)], len(stages)
+        )
+        x_adv = xb
+        broken = combinators.misclassified(model_fn, variables, xb, yb)
+        for (name, stage), k in zip(stages.items(), keys, strict=True):
+            args = (variables, xb, yb, k, x_adv, broken)
+            if (name, len(yb)) not in compile_s:
+                t0 = time.perf_counter()
+                stages[name] = stage = stage.lower(*args).compile()
+                compile_s[(name, len(yb))] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            x_adv, broken = jax.block_until_ready(stage(*args))
+            seconds[name] += time.perf_counter() - t0
+            if float(jnp.max(jnp.abs(x_adv - xb))) > eps + 1e-5:
+                raise RuntimeError(f"advjax {name} left the eps ball")
+        robust_all.append(np.asarray(~broken))
+    compile_total = {n: sum(v for (m, _), v in compile_s.items() if m == n) for n in components}
+    return seconds, compile_total, np.concatenate(robust_all)
+
+
+def torch_run(twin, x, y, eps, batch, seed):
+    """torchattacks' AutoAttack components, in order, on the still-robust points of each batch."""
+    import torch
+    import torchattacks
+    from torch_port import nhwc_to_nchw
+
+    torch.manual_seed(seed)
+    aa = torchattacks.AutoAttack(
+        twin, norm="Linf", eps=eps, version="standard", n_classes=10, seed=seed
+    )
+    parts = list(aa._autoattack.attacks)
+    for part in parts:
+        if isinstance(part, torchattacks.APGD | torchattacks.APGDT | torchattacks.FAB):
+            part.steps = 100  # the reference's n_iter (torchattacks issue #196)
+    seconds = dict.fromkeys(NAMES, 0.0)
+    robust_all = []
+    for start in range(0, len(y), batch):
+        xb = nhwc_to_nchw(x[start : start + batch])
+        yb = torch.from_numpy(y[start : start + batch]).long()
+        with torch.no_grad():
+            robust = twin(xb).argmax(1) == yb
+        for name, part in zip(NAMES, parts, strict=True):
+            idx = torch.nonzero(robust).flatten()
+            if len(idx) == 0:
+                continue
+            t0 = time.perf_counter()
+            adv = part(xb[idx], yb[idx])
+            with torch.no_grad():
+                still = twin(adv).argmax(1) == yb[idx]
+            seconds[name] += time.perf_counter() - t0
+            if float((adv - xb[idx]).abs().max()) > eps + 1e-5:
+                raise RuntimeError(f"torchattacks {name} left the eps ball")
+            robust[idx] = still
+        robust_all.append(robust.numpy())
+    return seconds, np.concatenate(robust_all)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", required=True, help="advjax training workdir (MNIST)")
+    p.add_argument("--checkpoint", default="best")
+    p.add_argument("--num_examples", type=int, default=1000)
+    p.add_argument("--eps", type=float, default=0.3)
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--buckets", default="1,0.5,0.25", help="compaction buckets (fractions)")
+    p.add_argument("--data_dir", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default=None, help="write <output>.md and <output>.json")
+    args = p.parse_args(argv)
+
+    import torch
+    import torch_port
+
+    from advjax.eval.workdir import load_config, restore_variables
+    from advjax.models import make_model_fn
+    from advjax.train.loop import load_split
+
+    config = load_config(args.workdir)
+    test = load_split(config, "test", args.data_dir)
+    test = test.take(np.arange(min(args.num_examples, len(test))))
+    model, variables, ckpt = restore_variables(
+        config, args.workdir, args.checkpoint, test.image_shape
+    )
+    model_fn = make_model_fn(model)
+    twin = torch_port.port(config.model.name, jax.device_get(variables))
+    x = test.images.astype(np.float32) / 255.0
+    y = test.labels.astype(np.int64)
+    buckets = tuple(float(b) for b in args.buckets.split(","))
+
+    ours, compile_s, robust_ours = advjax_run(
+        model_fn, variables, x, y.astype(np.int32), args.eps, args.batch, args.seed, buckets
+    )
+    print("advjax", ours, "compile", compile_s, flush=True)
+    peer, robust_peer = torch_run(twin, x, y, args.eps, args.batch, args.seed)
+    print("torchattacks", peer, flush=True)
+    result = {
+        "workdir": args.workdir,
+        "model": config.model.name,
+        "checkpoint": ckpt,
+        "num_examples": len(y),
+        "batch": args.batch,
+        "buckets": buckets,
+        "eps": args.eps,
+        "advjax_s": ours,
+        "advjax_compile_s": compile_s,
+        "torchattacks_s": peer,
+        "advjax_robust": float(robust_ours.mean()),
+        "torchattacks_robust": float(robust_peer.mean()),
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    table = markdown(result)
+    print(table)
+    if args.output:
+        Path(f"{args.output}.json").write_text(json.dumps(result, indent=2))
+        Path(f"{args.output}.md").write_text(table)
+    return result
+
+
+def markdown(r: dict) -> str:
+    lines = [
+        "| component | advjax s | torchattacks s | ratio advjax / peer |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name in NAMES:
+        a, t = r["advjax_s"].get(name, 0.0), r["torchattacks_s"].get(name, 0.0)
+        lines.append(f"| {name} | {a:.1f} | {t:.1f} | {a / t if t else float('nan'):.2f}x |")
+    a, t = sum(r["advjax_s"].values()), sum(r["torchattacks_s"].values())
+    lines.append(f"| **AutoAttack standard** | **{a:.1f}** | **{t:.1f}** | **{a / t:.2f}x** |")
+    compile_total = sum(r["advjax_compile_s"].values())
+    lines.append("")
+    lines.append(
+        f"{r['num_examples']} MNIST test points, `{r['model']}` ({r['checkpoint']}), batch "
+        f"{r['batch']}, Linf eps {r['eps']}. Robust accuracy: advjax "
+        f"{100 * r['advjax_robust']:.2f}%, torchattacks {100 * r['torchattacks_robust']:.2f}%. "
+        f"advjax compilation (not in the times above): {compile_total:.1f} s."
+    )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""compaction.on_active: work on the active rows only, in static buckets, results unchanged."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from advjax.attacks import compaction
+
+
+def rowwise(x, w):
+    """A row-independent computation with a pytree output."""
+    return {"sum": jnp.sum(x * w, axis=-1), "rows": jnp.full(x.shape[0], x.shape[0])}
+
+
+@pytest.mark.parametrize("num_active", [0, 1, 2, 3, 5, 9, 16])
+def test_on_active_equals_masked_full_batch_and_uses_the_smallest_bucket(num_active):
+    batch = 16
+    x = jax.random.normal(jax.random.key(0), (batch, 4))
+    w = jax.random.normal(jax.random.key(1), (batch, 4))
+    active = np.zeros(batch, bool)
+    active[np.random.default_rng(num_active).permutation(batch)[:num_active]] = True
+    fallback = {"sum": jnp.full(batch, -7.0), "rows": jnp.zeros(batch, jnp.int32)}
+
+    out = jax.jit(
+        lambda a: compaction.on_active(rowwise, a, (x, w), fallback, buckets=(0.25, 0.5))
+    )(jnp.asarray(active))
+
+    expected = np.where(active, np.sum(np.asarray(x * w), -1), -7.0)
+    np.testing.assert_allclose(out["sum"], expected, rtol=1e-6)
+    bucket = min(s for s in (4, 8, 16) if s >= num_active) if num_active else 0
+    np.testing.assert_array_equal(out["rows"], np.where(active, bucket, 0))
+
+
+def test_each_bucket_is_traced_once():
+    batch = 8
+
+    @chex.assert_max_traces(n=3)  # one trace per bucket size (2, 4, 8), none per call
+    def work(x):
+        return 2.0 * x
+
+    run = jax.jit(lambda a, x: compaction.on_active(work, a, (x,), jnp.zeros(batch), (0.25, 0.5)))
+    x = jnp.arange(batch, dtype=jnp.float32)
+    for count in (1, 3, 8, 0, 2):
+        active = jnp.arange(batch) < count
+        np.testing.assert_allclose(run(active, x), np.where(np.arange(batch) < count, 2 * x, 0))
+
+
+def test_bucket_sizes_and_bad_buckets():
+    assert compaction.bucket_sizes(100, (1.0, 0.5, 0.125)) == (13, 50, 100)
+    assert compaction.bucket_sizes(10, (0.01, 32)) == (1, 10)  # a count above 1 is a row count
+    with pytest.raises(ValueError, match="positive"):
+        compaction.bucket_sizes(10, (0.0,))
