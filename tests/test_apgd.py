@@ -6,6 +6,7 @@ cache keyed on the attack, XLA backend optimisation off: these models are tiny) 
 from NumPy.
 """
 
+import dataclasses
 import functools
 
 import chex
@@ -248,6 +249,12 @@ def test_apgd_t_targets_success_and_per_example_keys():
     permuted = _run(attack, linear_model_fn, variables, x[perm], y[perm], keys[perm])
     for a, b in zip(permuted, result, strict=True):
         np.testing.assert_allclose(a, b[perm], atol=1e-6)
+
+    # Later targets run only on the points still robust, compacted into smaller static buckets
+    # (as AutoAttack does): with per-example keys the outcome does not change.
+    compacted = dataclasses.replace(attack, buckets=(1.0, 0.5, 0.25))
+    for a, b in zip(_run(compacted, linear_model_fn, variables, x, y, keys), result, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_jit_matches_no_jit_and_no_recompilation():

@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from advjax.attacks import compaction
 from advjax.attacks.base import (
     Attack,
     AttackResult,
@@ -162,6 +163,11 @@ class FAB(Attack):
       parallel: vmap the target/restart runs (faster on accelerators, ``n_target_classes *
         n_restarts`` times the memory) instead of ``lax.scan`` over them; identical results.
       targeted: FAB-T (True) or untargeted FAB (False).
+      buckets: as in the reference, each target (and restart) runs only on the points for which
+        no earlier run found an adversarial example within ``eps``, gathered into the smallest of
+        these static sizes (``compaction.on_active``; fractions of the batch). The default
+        ``(1.0,)`` keeps the whole batch and only skips the remaining runs once every point is
+        done. Not used with ``parallel``.
     """
 
     eps: float
@@ -174,6 +180,7 @@ class FAB(Attack):
     beta: float = 0.9
     parallel: bool = False
     targeted: bool = True
+    buckets: tuple[float, ...] = (1.0,)
 
     def __post_init__(self):
         check_norm(self.norm)
@@ -310,7 +317,20 @@ class FAB(Attack):
         else:
 
             def fold(best, inputs):
-                new_x, new_n = one(*inputs)
+                target, k, random = inputs
+
+                def run_rows(x_rows, y_rows, target_rows, *key_rows):
+                    k_rows = key_rows[0] if key_rows else k
+                    start = x_rows
+                    if self.n_restarts > 1:
+                        start = jnp.where(random, self.random_start(k_rows, x_rows), x_rows)
+                    target_rows = target_rows if self.targeted else None
+                    return self.single_run(model_fn, variables, x_rows, y_rows, target_rows, start)
+
+                rows = (x, y, target) + ((k,) if k.ndim > 0 else ())
+                new_x, new_n = compaction.on_active(
+                    run_rows, best[1] > self.eps, rows, best, self.buckets
+                )
                 take = new_n < best[1]
                 best_x = jnp.where(per_example(take, x), new_x, best[0])
                 return (best_x, jnp.minimum(new_n, best[1])), None
@@ -331,13 +351,25 @@ def fab_t(
     eta: float = 1.05,
     beta: float = 0.9,
     parallel: bool = False,
+    buckets: tuple[float, ...] = (1.0,),
 ) -> FAB:
     """FAB-T (Croce & Hein, ICML 2020, Algorithm 1; targeted version of AutoAttack, ICML 2020).
 
     AutoAttack-standard defaults: 9 targets, 100 iterations, 1 restart, ``alpha_max = 0.1``,
-    ``eta = 1.05``, ``beta = 0.9``.
+    ``eta = 1.05``, ``beta = 0.9``. ``buckets``: see ``FAB``.
     """
-    return FAB(eps, norm, n_target_classes, n_iter, n_restarts, alpha_max, eta, beta, parallel)
+    return FAB(
+        eps,
+        norm,
+        n_target_classes,
+        n_iter,
+        n_restarts,
+        alpha_max,
+        eta,
+        beta,
+        parallel,
+        buckets=tuple(buckets),
+    )
 
 
 def fab(

@@ -25,6 +25,9 @@ from advjax.attacks.base import Attack
 from advjax.attacks.combinators import Cascade
 
 VERSIONS = ("standard", "plus", "rand")
+# Static sizes (fractions of the rows a component gets) that APGD-T and FAB-T gather the points
+# still robust into before each target class (compaction.on_active).
+TARGET_BUCKETS = (1.0, 0.5)
 
 COMPONENTS = {
     "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
@@ -60,9 +63,13 @@ def components(
         elif name == "apgd-dlr":
             built[name] = apgd.apgd(eps, norm=norm, loss="dlr", n_restarts=restarts, eot_iter=eot)
         elif name == "apgd-t":
-            built[name] = apgd.apgd_t(eps, norm=norm, n_target_classes=targets)
+            built[name] = apgd.apgd_t(
+                eps, norm=norm, n_target_classes=targets, buckets=TARGET_BUCKETS
+            )
         elif name == "fab-t":
-            built[name] = fab.fab_t(eps, norm=norm, n_target_classes=targets)
+            built[name] = fab.fab_t(
+                eps, norm=norm, n_target_classes=targets, buckets=TARGET_BUCKETS
+            )
         elif name == "fab":
             if hasattr(fab, "fab"):
                 built[name] = fab.fab(eps, norm=norm, n_restarts=restarts)

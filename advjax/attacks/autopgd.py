@@ -65,6 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax import losses
+from advjax.attacks import compaction
 from advjax.attacks.base import (
     Attack,
     AttackResult,
@@ -662,12 +663,16 @@ class APGDTargeted(_APGDBase):
 
     Attributes as ``APGD``, plus ``n_target_classes`` (targets ``k = 2 .. n + 1``); ``loss`` is
     "dlr" (targeted DLR, the reference's choice for every norm) or "ce" (minus the cross-entropy
-    towards the target). Total cost: ``n_target_classes * n_restarts`` runs (restarts vmapped,
-    targets one after another).
+    towards the target). Total cost: at most ``n_target_classes * n_restarts`` runs (restarts
+    vmapped, targets one after another). As in the reference, each target runs only on the points
+    no earlier target broke: ``buckets`` are the static sizes they are gathered into
+    (``compaction.on_active``; the default ``(1.0,)`` keeps the whole batch and only skips a target
+    once every point is broken).
     """
 
     loss: str = "dlr"
     n_target_classes: int = 9
+    buckets: tuple[float, ...] = (1.0,)
 
     _valid_losses = TARGETED_LOSSES
 
@@ -718,8 +723,18 @@ class APGDTargeted(_APGDBase):
         keys = self._run_keys(k_runs, n_targets)
 
         def per_target(best: AttackResult, inputs):
-            target, target_keys = inputs
-            new = self._restarts(model_fn, variables, x, y, (y, target), target_keys)
+            target, target_keys = inputs  # [B]; [n_restarts] or [n_restarts, B]
+
+            def run_rows(x_rows, y_rows, target_rows, *key_rows):
+                keys_rows = jnp.moveaxis(key_rows[0], 0, 1) if key_rows else target_keys
+                return self._restarts(
+                    model_fn, variables, x_rows, y_rows, (y_rows, target_rows), keys_rows
+                )
+
+            rows = (x, y, target)
+            if target_keys.ndim > 1:  # per-example keys travel with their rows
+                rows += (jnp.moveaxis(target_keys, 1, 0),)
+            new = compaction.on_active(run_rows, ~best.success, rows, best, self.buckets)
             return keep_better(best, new), None
 
         first_pixel = x[:, 0, 0, 0]
@@ -757,8 +772,10 @@ def apgd_t(
     eot_iter: int = 1,
     use_largereps: bool = False,
     loss: str = "dlr",
+    buckets: tuple[float, ...] = (1.0,),
 ) -> APGDTargeted:
-    """APGD-T (Croce & Hein 2020): targeted DLR towards the 9 most likely wrong classes."""
+    """APGD-T (Croce & Hein 2020): targeted DLR towards the 9 most likely wrong classes; each
+    target only on the points still robust (``buckets``: see ``APGDTargeted``)."""
     return APGDTargeted(
         eps,
         norm,
@@ -769,4 +786,5 @@ def apgd_t(
         eot_iter,
         use_largereps,
         n_target_classes=n_target_classes,
+        buckets=tuple(buckets),
     )
