@@ -109,7 +109,7 @@ def torch_run(twin, x, y, eps, batch, seed):
             with torch.no_grad():
                 still = twin(adv).argmax(1) == yb[idx]
             seconds[name] += time.perf_counter() - t0
-            if float((adv - xb[idx]).abs().max()) > eps + 1e-5:
+            if float((adv.detach() - xb[idx]).abs().max()) > eps + 1e-5:
                 raise RuntimeError(f"torchattacks {name} left the eps ball")
             robust[idx] = still
         robust_all.append(robust.numpy())
