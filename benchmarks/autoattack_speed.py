@@ -56,6 +56,7 @@ def advjax_run(model_fn, variables, x, y, eps, batch, seed, buckets):
         for name, attack in components.items()
     }
     robust_all, seconds, compile_s = [], dict.fromkeys(components, 0.0), {}
+    robust_after = dict.fromkeys(components, 0)  # robust points left after each component
     for start in range(0, len(y), batch):
         xb, yb = jnp.asarray(x[start : start + batch]), jnp.asarray(y[start : start + batch])
         keys = split_keys(
@@ -72,11 +73,12 @@ def advjax_run(model_fn, variables, x, y, eps, batch, seed, buckets):
             t0 = time.perf_counter()
             x_adv, broken = jax.block_until_ready(stage(*args))
             seconds[name] += time.perf_counter() - t0
+            robust_after[name] += int(jnp.sum(~broken))
             if float(jnp.max(jnp.abs(x_adv - xb))) > eps + 1e-5:
                 raise RuntimeError(f"advjax {name} left the eps ball")
         robust_all.append(np.asarray(~broken))
     compile_total = {n: sum(v for (m, _), v in compile_s.items() if m == n) for n in components}
-    return seconds, compile_total, np.concatenate(robust_all)
+    return seconds, compile_total, robust_after, np.concatenate(robust_all)
 
 
 def torch_run(twin, x, y, eps, batch, seed):
@@ -94,6 +96,7 @@ def torch_run(twin, x, y, eps, batch, seed):
         if isinstance(part, torchattacks.APGD | torchattacks.APGDT | torchattacks.FAB):
             part.steps = 100  # the reference's n_iter (torchattacks issue #196)
     seconds = dict.fromkeys(NAMES, 0.0)
+    robust_after = dict.fromkeys(NAMES, 0)
     robust_all = []
     for start in range(0, len(y), batch):
         xb = nhwc_to_nchw(x[start : start + batch])
@@ -103,7 +106,7 @@ def torch_run(twin, x, y, eps, batch, seed):
         for name, part in zip(NAMES, parts, strict=True):
             idx = torch.nonzero(robust).flatten()
             if len(idx) == 0:
-                continue
+                continue  # robust_after stays 0 for this batch
             t0 = time.perf_counter()
             adv = part(xb[idx], yb[idx])
             with torch.no_grad():
@@ -112,8 +115,9 @@ def torch_run(twin, x, y, eps, batch, seed):
             if float((adv.detach() - xb[idx]).abs().max()) > eps + 1e-5:
                 raise RuntimeError(f"torchattacks {name} left the eps ball")
             robust[idx] = still
+            robust_after[name] += int(robust.sum())
         robust_all.append(robust.numpy())
-    return seconds, np.concatenate(robust_all)
+    return seconds, robust_after, np.concatenate(robust_all)
 
 
 def main(argv=None) -> dict:
@@ -148,11 +152,11 @@ def main(argv=None) -> dict:
     y = test.labels.astype(np.int64)
     buckets = tuple(float(b) for b in args.buckets.split(","))
 
-    ours, compile_s, robust_ours = advjax_run(
+    ours, compile_s, left_ours, robust_ours = advjax_run(
         model_fn, variables, x, y.astype(np.int32), args.eps, args.batch, args.seed, buckets
     )
     print("advjax", ours, "compile", compile_s, flush=True)
-    peer, robust_peer = torch_run(twin, x, y, args.eps, args.batch, args.seed)
+    peer, left_peer, robust_peer = torch_run(twin, x, y, args.eps, args.batch, args.seed)
     print("torchattacks", peer, flush=True)
     result = {
         "workdir": args.workdir,
@@ -165,6 +169,8 @@ def main(argv=None) -> dict:
         "advjax_s": ours,
         "advjax_compile_s": compile_s,
         "torchattacks_s": peer,
+        "advjax_robust_after": left_ours,
+        "torchattacks_robust_after": left_peer,
         "advjax_robust": float(robust_ours.mean()),
         "torchattacks_robust": float(robust_peer.mean()),
         "jax": jax.__version__,
@@ -182,14 +188,18 @@ def main(argv=None) -> dict:
 
 def markdown(r: dict) -> str:
     lines = [
-        "| component | advjax s | torchattacks s | ratio advjax / peer |",
-        "| --- | ---: | ---: | ---: |",
+        "| component | advjax s | torchattacks s | ratio advjax / peer | robust after it: advjax "
+        "/ peer |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
     for name in NAMES:
         a, t = r["advjax_s"].get(name, 0.0), r["torchattacks_s"].get(name, 0.0)
-        lines.append(f"| {name} | {a:.1f} | {t:.1f} | {a / t if t else float('nan'):.2f}x |")
+        left = f"{r['advjax_robust_after'].get(name)} / {r['torchattacks_robust_after'].get(name)}"
+        lines.append(
+            f"| {name} | {a:.1f} | {t:.1f} | {a / t if t else float('nan'):.2f}x | {left} |"
+        )
     a, t = sum(r["advjax_s"].values()), sum(r["torchattacks_s"].values())
-    lines.append(f"| **AutoAttack standard** | **{a:.1f}** | **{t:.1f}** | **{a / t:.2f}x** |")
+    lines.append(f"| **AutoAttack standard** | **{a:.1f}** | **{t:.1f}** | **{a / t:.2f}x** | |")
     compile_total = sum(r["advjax_compile_s"].values())
     lines.append("")
     lines.append(
