@@ -60,6 +60,23 @@ def torch_attack(name: str, model, eps: float, step: float, seed: int):
     raise ValueError(name)
 
 
+def load_model_and_twin(workdir: str, checkpoint: str, num_examples: int, data_dir):
+    """The workdir's config, ``model_fn``, variables and checkpoint info, its PyTorch twin (same
+    weights, ``torch_port``), and the first ``num_examples`` test points."""
+    import torch_port
+
+    from advjax.eval.workdir import load_config, restore_variables
+    from advjax.models import make_model_fn
+    from advjax.train.loop import load_split
+
+    config = load_config(workdir)
+    test = load_split(config, "test", data_dir)
+    test = test.take(np.arange(min(num_examples, len(test))))
+    model, variables, ckpt = restore_variables(config, workdir, checkpoint, test.image_shape)
+    twin = torch_port.port(config.model.name, jax.device_get(variables))
+    return config, make_model_fn(model), variables, ckpt, twin, test
+
+
 def torch_robust(model, attack, x: np.ndarray, y: np.ndarray, batch: int) -> np.ndarray:
     import torch
     from torch_port import nhwc_to_nchw
@@ -95,19 +112,11 @@ def main(argv=None) -> dict:
     import torch_port
 
     from advjax.eval import ThreatSettings, evaluate_suite
-    from advjax.eval.workdir import load_config, restore_variables
-    from advjax.models import make_model_fn
-    from advjax.train.loop import load_split
 
     torch.manual_seed(args.seed)
-    config = load_config(args.workdir)
-    test = load_split(config, "test", args.data_dir)
-    test = test.take(np.arange(min(args.num_examples, len(test))))
-    model, variables, ckpt = restore_variables(
-        config, args.workdir, args.checkpoint, test.image_shape
+    config, model_fn, variables, ckpt, twin, test = load_model_and_twin(
+        args.workdir, args.checkpoint, args.num_examples, args.data_dir
     )
-    model_fn = make_model_fn(model)
-    twin = torch_port.port(config.model.name, jax.device_get(variables))
     x = test.images.astype(np.float32) / 255.0
     y = test.labels.astype(np.int64)
     logits_gap = float(
