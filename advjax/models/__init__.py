@@ -7,6 +7,7 @@ as ``model.apply(variables, x, train=False, return_features=False)``, returning 
 Models (``MODELS`` registry names):
 
 * ``mnist_small``: :class:`MnistSmallCNN`, Madry et al. mnist_challenge / ATLAS MNIST net.
+* ``mnist_fast_at``: :class:`MnistFastATNet`, Wong et al. (2020) fast-AT MNIST net.
 * ``mnist_cnn4``: :class:`MnistCNN4`, TRADES SmallCNN (RT/SRT, thesis "standard CNN").
 * ``resnet20``: :class:`ResNet20`, He et al. CIFAR ResNet-20 (ADR/ASCL ResNet-20 setting).
 * ``preact_resnet18``: :class:`PreActResNet18`, Wong et al. fast-AT PreAct-ResNet-18.
@@ -29,7 +30,7 @@ from advjax.models.functional import (
     make_model_fn,
     param_count,
 )
-from advjax.models.mnist import MnistCNN4, MnistSmallCNN
+from advjax.models.mnist import MnistCNN4, MnistFastATNet, MnistSmallCNN
 from advjax.models.normalize import CIFAR10_MEAN, CIFAR10_STD, normalize
 from advjax.models.resnet import PreActResNet18, ResNet20
 from advjax.models.wide_resnet import WideResNet
@@ -37,6 +38,7 @@ from advjax.models.wide_resnet import WideResNet
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mnist_small": MnistSmallCNN,
     "mnist_cnn4": MnistCNN4,
+    "mnist_fast_at": MnistFastATNet,
     "resnet20": ResNet20,
     "preact_resnet18": PreActResNet18,
     "wide_resnet": WideResNet,
@@ -59,6 +61,7 @@ __all__ = [
     "MODELS",
     "FeatureFn",
     "MnistCNN4",
+    "MnistFastATNet",
     "MnistSmallCNN",
     "ModelFn",
     "PreActResNet18",

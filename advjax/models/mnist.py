@@ -7,6 +7,9 @@
   thesis' "standard CNN" (4 conv + 3 FC, as in Carlini & Wagner 2017): conv 32 3x3, conv 32 3x3,
   maxpool 2, conv 64 3x3, conv 64 3x3, maxpool 2, FC 200, FC 200, FC, ReLU everywhere, VALID
   padding (28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 4; 312,202 parameters for 10 classes).
+* :class:`MnistFastATNet`: the MNIST net of Wong et al. (2020, "Fast is better than free"), from
+  Wong & Kolter (2018): conv 16 4x4 stride 2 -> ReLU -> conv 32 4x4 stride 2 -> ReLU -> FC 100 ->
+  ReLU -> FC, padding 1 (28 -> 14 -> 7; 166,406 parameters for 10 classes).
 
 Both take NHWC float images in [0, 1] and flatten in NHWC (H, W, C) order, which differs from the
 PyTorch (C, H, W) order; permute the first FC kernel when porting PyTorch weights.
@@ -95,4 +98,34 @@ class MnistCNN4(nn.Module):
         x = nn.relu(nn.Dense(200, name="fc1")(x))
         features = nn.relu(nn.Dense(200, name="fc2")(x))
         logits = nn.Dense(self.num_classes, name="fc3")(features)
+        return (logits, features) if return_features else logits
+
+
+class MnistFastATNet(nn.Module):
+    """Wong et al. (2020) fast-AT MNIST net (2 strided conv + 2 FC), 19.7x fewer parameters.
+
+    Attributes:
+      num_classes: number of output logits.
+      mean, std: per-channel normalisation applied first (identity by default).
+      input_hw: required ``(height, width)``; ``None`` accepts any size (FC sizes follow it).
+    """
+
+    num_classes: int = 10
+    mean: tuple[float, ...] = IDENTITY_MEAN
+    std: tuple[float, ...] = IDENTITY_STD
+    input_hw: tuple[int, int] | None = (28, 28)
+
+    @nn.compact
+    def __call__(
+        self, x: jnp.ndarray, train: bool = False, return_features: bool = False
+    ) -> ModelOutput:
+        del train  # no BatchNorm or dropout
+        check_images(x, expected_hw=self.input_hw, channels=1)
+        x = normalize(x, self.mean, self.std)
+        pad = ((1, 1), (1, 1))
+        x = nn.relu(nn.Conv(16, (4, 4), strides=2, padding=pad, name="conv1")(x))
+        x = nn.relu(nn.Conv(32, (4, 4), strides=2, padding=pad, name="conv2")(x))
+        x = x.reshape((x.shape[0], -1))
+        features = nn.relu(nn.Dense(100, name="fc1")(x))
+        logits = nn.Dense(self.num_classes, name="fc2")(features)
         return (logits, features) if return_features else logits
