@@ -7,7 +7,8 @@ Used by ``benchmarks/pgd_vs_torch.py`` (timing) and ``tests/test_torch_port.py``
 * :func:`from_flax`: copies Flax ``MnistCNN4`` params into a ``TorchCNN4`` (conv kernels
   HWIO -> OIHW, dense kernels transposed, the rows of the first FC kernel permuted from the Flax
   (H, W, C) flatten order to the PyTorch (C, H, W) order). Logits then match to float precision.
-* :class:`TorchSmallCNN` / :func:`small_from_flax`: the same for ``MnistSmallCNN``; :func:`port`
+* :class:`TorchSmallCNN` / :func:`small_from_flax` and :class:`TorchFastATNet` /
+  :func:`fast_at_from_flax`: the same for ``MnistSmallCNN`` and ``MnistFastATNet``; :func:`port`
   picks the twin by advjax model name.
 * :func:`torch_pgd`: the usual eager PGD loop (torchattacks ``PGD``: uniform random start, sign
   step, clamp to the Linf ball and to [0, 1], ``torch.autograd.grad`` w.r.t. the input only).
@@ -122,27 +123,64 @@ def small_from_flax(params: Mapping[str, Any]) -> TorchSmallCNN:
     """A ``TorchSmallCNN`` (eval mode, frozen) with the weights of Flax ``MnistSmallCNN`` params."""
     if "params" in params:
         params = params["params"]
-    fc1 = np.asarray(params["fc1"]["kernel"])  # [7*7*64, 1024], rows in (H, W, C) order
     fc2 = np.asarray(params["fc2"]["kernel"])
     model = TorchSmallCNN(fc2.shape[1], np.asarray(params["conv1"]["kernel"]).shape[2])
+    return _copy_two_conv_two_fc(model, params, side=7)
+
+
+class TorchFastATNet(nn.Module):
+    """NCHW PyTorch version of ``MnistFastATNet`` (Wong et al. 2020: conv 16 4x4 stride 2 pad 1,
+    conv 32 4x4 stride 2 pad 1, FC 100, FC; identity normalisation)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 4, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 4, stride=2, padding=1)
+        self.fc1 = nn.Linear(32 * 7 * 7, 100)
+        self.fc2 = nn.Linear(100, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv2(F.relu(self.conv1(x))))
+        x = F.relu(self.fc1(torch.flatten(x, 1)))
+        return self.fc2(x)
+
+
+def _copy_two_conv_two_fc(model: nn.Module, params: Mapping[str, Any], side: int) -> nn.Module:
+    """Copy conv1, conv2, fc1 (rows permuted (H, W, C) -> (C, H, W)), fc2; eval mode, frozen."""
+    fc1 = np.asarray(params["fc1"]["kernel"])  # [side*side*C, hidden], rows in (H, W, C) order
+    channels = np.asarray(params["conv2"]["kernel"]).shape[3]
     with torch.no_grad():
         for name in ("conv1", "conv2"):
             layer = getattr(model, name)
             layer.weight.copy_(_t(np.asarray(params[name]["kernel"]).transpose(3, 2, 0, 1)))
             layer.bias.copy_(_t(params[name]["bias"]))
-        fc1_chw = fc1.reshape(7, 7, 64, -1).transpose(2, 0, 1, 3).reshape(fc1.shape)
+        fc1_chw = fc1.reshape(side, side, channels, -1).transpose(2, 0, 1, 3).reshape(fc1.shape)
         model.fc1.weight.copy_(_t(fc1_chw.T))
         model.fc1.bias.copy_(_t(params["fc1"]["bias"]))
-        model.fc2.weight.copy_(_t(fc2.T))
+        model.fc2.weight.copy_(_t(np.asarray(params["fc2"]["kernel"]).T))
         model.fc2.bias.copy_(_t(params["fc2"]["bias"]))
     model.eval()
     model.requires_grad_(False)
     return model
 
 
+def fast_at_from_flax(params: Mapping[str, Any]) -> TorchFastATNet:
+    """A ``TorchFastATNet`` (eval mode, frozen) with the Flax ``MnistFastATNet`` params."""
+    if "params" in params:
+        params = params["params"]
+    fc2 = np.asarray(params["fc2"]["kernel"])
+    model = TorchFastATNet(fc2.shape[1], np.asarray(params["conv1"]["kernel"]).shape[2])
+    return _copy_two_conv_two_fc(model, params, side=7)
+
+
 def port(model_name: str, variables: Mapping[str, Any]) -> nn.Module:
-    """The PyTorch twin of an advjax MNIST model (``mnist_cnn4`` or ``mnist_small``)."""
-    ports = {"mnist_cnn4": from_flax, "mnist_small": small_from_flax}
+    """The PyTorch twin of an advjax MNIST model (``mnist_cnn4``, ``mnist_small``,
+    ``mnist_fast_at``)."""
+    ports = {
+        "mnist_cnn4": from_flax,
+        "mnist_small": small_from_flax,
+        "mnist_fast_at": fast_at_from_flax,
+    }
     if model_name not in ports:
         raise ValueError(f"no PyTorch port of {model_name!r}; ported: {', '.join(ports)}")
     return ports[model_name](variables)

@@ -160,10 +160,11 @@ def test_pgd_iterates_match(port, setup, random_init):
     assert np.abs(x_adv - np.asarray(x)).mean() > 0.05
 
 
-def test_small_cnn_port_has_the_same_logits(port):
+@pytest.mark.parametrize("name", ["mnist_small", "mnist_fast_at"])
+def test_two_conv_ports_have_the_same_logits(port, name):
     from advjax.models import get_model
 
-    model = get_model("mnist_small")
+    model = get_model(name)
     variables = init_variables(model, jax.random.key(0), (28, 28, 1))
     noise = jax.random.split(jax.random.key(1), len(jax.tree.leaves(variables)))
     leaves, treedef = jax.tree.flatten(variables)
@@ -171,9 +172,9 @@ def test_small_cnn_port_has_the_same_logits(port):
         [a + 0.05 * jax.random.normal(k, a.shape) for a, k in zip(leaves, noise, strict=True)]
     )  # non-zero biases
     x = jax.random.uniform(jax.random.key(2), (4, 28, 28, 1))
-    twin = port.port("mnist_small", variables)
+    twin = port.port(name, variables)
     expected = np.asarray(make_model_fn(model)(variables, x))
     got = twin(port.nhwc_to_nchw(x)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="ported: mnist_cnn4, mnist_small"):
+    with pytest.raises(ValueError, match="ported: mnist_cnn4, mnist_small, mnist_fast_at"):
         port.port("wrn28_10", variables)
