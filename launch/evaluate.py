@@ -5,7 +5,8 @@
 
 Reads ``config.json`` and the checkpoint from ``--workdir``. The attacks are ``--suite`` or the
 config's ``evaluate.suite`` (names from ``advjax.eval.presets``), with the threat model of
-``evaluate.norm`` / ``evaluate.eps`` (exact fractions such as ``8/255`` are kept as such). Progress
+``--norm`` / ``--eps`` or the config's ``evaluate.norm`` / ``evaluate.eps`` (exact fractions such
+as ``8/255`` are kept as such). Progress
 is saved after every batch under ``<output>/eval_state/``: rerunning an interrupted command resumes
 it. Writes ``report.json`` (per-attack and worst-case accuracy, protocols, gradient-masking checks)
 and ``report.md`` into the output directory (default: the workdir).
@@ -41,6 +42,10 @@ _OUTPUT = flags.DEFINE_string("output", None, "Report directory (default: --work
 _SUITE = flags.DEFINE_string(
     "suite", None, "Comma-separated attack names (default: the config's evaluate.suite)."
 )
+_EPS = flags.DEFINE_string(
+    "eps", None, "Threat radius, a number or an exact fraction such as 8/255 (default: config)."
+)
+_NORM = flags.DEFINE_enum("norm", None, ["linf", "l2", "l1"], "Threat norm (default: config).")
 _CHECKS = flags.DEFINE_boolean("checks", None, "Run the gradient-masking checks (default: config).")
 flags.mark_flags_as_required(["workdir"])
 
@@ -53,9 +58,16 @@ def evaluate_workdir(
     output: str | None = None,
     suite_names: str | None = None,
     run_checks: bool | None = None,
+    eps: str | None = None,
+    norm: str | None = None,
 ) -> dict:
     config = load_config(workdir)
     ec = config.evaluate
+    with ec.unlocked():
+        if eps is not None:
+            ec.eps = str(eps)
+        if norm is not None:
+            ec.norm = norm
     test = load_split(config, "test", data_dir)
     n = num_examples if num_examples is not None else ec.get("num_examples", 0)
     if n:
@@ -135,6 +147,8 @@ def main(argv):
         _OUTPUT.value,
         _SUITE.value,
         _CHECKS.value,
+        _EPS.value,
+        _NORM.value,
     )
     print(report.markdown_table(rep))
 

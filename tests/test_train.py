@@ -178,6 +178,15 @@ def test_launch_train_then_evaluate(tmp_path):
     table = (workdir / "report.md").read_text()
     assert "| mnist_cnn4 | natural |" in table and "PGD-3" in table and "worst case" in table
     assert "RandAdv.T" in table
+    # --eps / --norm override the config's threat model (here in-process, on 32 points).
+    from launch.evaluate import evaluate_workdir
+
+    other = evaluate_workdir(
+        str(workdir), num_examples=32, output=str(tmp_path / "l2"), suite_names="clean,pgd3",
+        run_checks=False, eps="3/2", norm="l2",
+    )  # fmt: skip
+    assert other["threat_model"]["norm"] == "l2" and other["threat_model"]["eps_text"] == "3/2"
+    assert other["attacks"][1]["protocol"]["eps"] == pytest.approx(1.5)
     # Pictures: one row of clean images, then one per attack, with a caption naming the rows.
     _run(
         [
