@@ -121,7 +121,11 @@ def main(argv=None) -> dict:
     p.add_argument("--num_examples", type=int, default=1000)
     p.add_argument("--eps", type=float, default=0.3)
     p.add_argument("--batch", type=int, default=500)
-    p.add_argument("--buckets", default="1,0.5,0.25", help="compaction buckets (fractions)")
+    p.add_argument(
+        "--buckets",
+        default=",".join(map(str, combinators.CASCADE_BUCKETS)),
+        help="compaction buckets (fractions; default: the Cascade's)",
+    )
     p.add_argument("--data_dir", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="write <output>.md and <output>.json")

@@ -3,6 +3,8 @@ the registry, and the hashable model-function wrappers (DESIGN.md, "Contracts: M
 
 from __future__ import annotations
 
+import re
+
 import chex
 import flax.linen as nn
 import jax
@@ -32,6 +34,7 @@ from advjax.models import (
 CASES = {
     "mnist_small": ((28, 28, 1), 1024),
     "mnist_cnn4": ((28, 28, 1), 200),
+    "mnist_fast_at": ((28, 28, 1), 100),
     "resnet20": ((32, 32, 3), 64),
     "preact_resnet18": ((32, 32, 3), 512),
     "wide_resnet": ((32, 32, 3), 640),
@@ -254,3 +257,57 @@ def test_reshape_max_pool_matches_flax_max_pool():
     x = jax.random.normal(jax.random.key(0), (2, 9, 8, 3))
     expected = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
     np.testing.assert_array_equal(_max_pool(x), expected)
+
+
+@pytest.mark.parametrize(
+    ("strides", "padding", "kernel"), [(1, "SAME", 5), (1, "VALID", 3), (1, ((2, 0), (1, 3)), 3)]
+)
+def test_canonical_conv_matches_lax_conv_to_second_order(strides, padding, kernel):
+    """Same value, input and kernel gradients, and gradient of the input-gradient norm (what the
+    Jacobian regularisers differentiate) as ``lax.conv_general_dilated``."""
+    from advjax.models import canonical_conv
+
+    x = _images((9, 9, 3), batch=2)
+    w = jax.random.normal(jax.random.key(1), (kernel, kernel, 3, 4))
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def make(conv):
+        def f(x, w):
+            return jnp.sum(jnp.sin(conv(x, w, (strides, strides), padding, dimension_numbers=dn)))
+
+        return f
+
+    ours, ref = make(canonical_conv.conv_general_dilated), make(jax.lax.conv_general_dilated)
+    np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-5)
+    for a, b in zip(jax.grad(ours, (0, 1))(x, w), jax.grad(ref, (0, 1))(x, w), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+    def input_grad_norm(f):
+        return lambda w: jnp.sum(jax.grad(f)(x, w) ** 2)
+
+    np.testing.assert_allclose(
+        jax.grad(input_grad_norm(ours))(w), jax.grad(input_grad_norm(ref))(w), rtol=1e-4, atol=1e-4
+    )
+    # Every convolution of the input gradient is in canonical HWIO form; lax's transpose is not.
+    assert _all_convs_hwio(jax.grad(ours), x, w) and not _all_convs_hwio(jax.grad(ref), x, w)
+
+
+def _all_convs_hwio(fn, *args) -> bool:
+    """Every NHWC-input convolution in ``fn``'s jaxpr has an HWIO kernel (weight-gradient convs,
+    whose input is the batch-transposed activation, are not NHWC-input)."""
+    specs = re.findall(r"lhs_spec=(\(.*?\)), rhs_spec=(\(.*?\))", str(jax.make_jaxpr(fn)(*args)))
+    return all(rhs == "(3, 2, 0, 1)" for lhs, rhs in specs if lhs == "(0, 3, 1, 2)")
+
+
+def test_canonical_conv_falls_through_for_strided_convs():
+    from advjax.models import canonical_conv
+
+    x, w = _images((8, 8, 1)), jax.random.normal(jax.random.key(1), (4, 4, 1, 2))
+    args = ((2, 2), ((1, 1), (1, 1)))
+    kwargs = dict(dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(
+        canonical_conv.conv_general_dilated(x, w, *args, **kwargs),
+        jax.lax.conv_general_dilated(x, w, *args, **kwargs),
+    )
+    grad = jax.grad(lambda x: jnp.sum(canonical_conv.conv_general_dilated(x, w, *args, **kwargs)))
+    assert not _all_convs_hwio(grad, x)

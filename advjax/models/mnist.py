@@ -20,10 +20,22 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from advjax.models import canonical_conv
 from advjax.models.checks import check_images
 from advjax.models.normalize import IDENTITY_MEAN, IDENTITY_STD, normalize
 
 ModelOutput = jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]
+
+
+def _conv(features: int, kernel: int, padding: str, name: str) -> nn.Conv:
+    """A stride-1 conv whose input gradient stays on XLA:CPU's fast path inside attack loops."""
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        padding=padding,
+        name=name,
+        conv_general_dilated=canonical_conv.conv_general_dilated,
+    )
 
 
 def _max_pool(x: jnp.ndarray) -> jnp.ndarray:
@@ -59,8 +71,8 @@ class MnistSmallCNN(nn.Module):
         del train  # no BatchNorm or dropout
         check_images(x, expected_hw=self.input_hw, channels=1)
         x = normalize(x, self.mean, self.std)
-        x = _max_pool(nn.relu(nn.Conv(32, (5, 5), padding="SAME", name="conv1")(x)))
-        x = _max_pool(nn.relu(nn.Conv(64, (5, 5), padding="SAME", name="conv2")(x)))
+        x = _max_pool(nn.relu(_conv(32, 5, "SAME", "conv1")(x)))
+        x = _max_pool(nn.relu(_conv(64, 5, "SAME", "conv2")(x)))
         x = x.reshape((x.shape[0], -1))
         features = nn.relu(nn.Dense(1024, name="fc1")(x))
         logits = nn.Dense(self.num_classes, name="fc2")(features)
@@ -88,11 +100,11 @@ class MnistCNN4(nn.Module):
         del train  # no BatchNorm or dropout
         check_images(x, expected_hw=self.input_hw, channels=1)
         x = normalize(x, self.mean, self.std)
-        x = nn.relu(nn.Conv(32, (3, 3), padding="VALID", name="conv1")(x))
-        x = nn.relu(nn.Conv(32, (3, 3), padding="VALID", name="conv2")(x))
+        x = nn.relu(_conv(32, 3, "VALID", "conv1")(x))
+        x = nn.relu(_conv(32, 3, "VALID", "conv2")(x))
         x = _max_pool(x)
-        x = nn.relu(nn.Conv(64, (3, 3), padding="VALID", name="conv3")(x))
-        x = nn.relu(nn.Conv(64, (3, 3), padding="VALID", name="conv4")(x))
+        x = nn.relu(_conv(64, 3, "VALID", "conv3")(x))
+        x = nn.relu(_conv(64, 3, "VALID", "conv4")(x))
         x = _max_pool(x)
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(200, name="fc1")(x))
