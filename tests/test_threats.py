@@ -1,5 +1,7 @@
 """Projections onto Lp balls ∩ box: membership, idempotence, exactness (variational inequality)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +15,16 @@ from advjax.threats import LpBall, lp_norm
 SHAPE = (3, 4, 4, 1)
 points = hnp.arrays(np.float32, SHAPE, elements=st.floats(0, 1, width=32))
 offsets = hnp.arrays(np.float32, SHAPE, elements=st.floats(-3, 3, width=32))
+
+
+@functools.cache
+def _jitted(norm: str, eps: float):
+    """(project, init, contains) of ``LpBall(norm, eps)``, jitted once per ball (eager op-by-op
+    dispatch made the property tests the slowest of this file)."""
+    ball = LpBall(norm, eps)
+    return jax.jit(ball.project), jax.jit(ball.init), jax.jit(ball.contains)
+
+
 norms_and_eps = st.sampled_from(
     [("linf", 0.1), ("linf", 0.5), ("l2", 0.3), ("l2", 2.0), ("l1", 0.5), ("l1", 4.0)]
 )
@@ -21,19 +33,18 @@ norms_and_eps = st.sampled_from(
 @settings(max_examples=60, deadline=None)
 @given(points, offsets, norms_and_eps, st.integers(0, 2**31 - 1))
 def test_projection_is_exact_and_idempotent(x, offset, norm_eps, seed):
-    norm, eps = norm_eps
-    ball = LpBall(norm, eps)
+    project, init, contains = _jitted(*norm_eps)
     v = jnp.asarray(x + offset)
-    p = ball.project(v, x)
-    assert bool(jnp.all(ball.contains(p, x)))
-    np.testing.assert_allclose(ball.project(p, x), p, atol=2e-6)
+    p = project(v, x)
+    assert bool(jnp.all(contains(p, x)))
+    np.testing.assert_allclose(project(p, x), p, atol=2e-6)
     # Exactness: <v - p, z - p> <= 0 for every feasible z (variational inequality).
     for i in range(4):
         key = jax.random.fold_in(jax.random.key(seed), i)
-        z = ball.init(key, jnp.asarray(x))
+        z = init(key, jnp.asarray(x))
         inner = jnp.sum(((v - p) * (z - p)).reshape(SHAPE[0], -1), axis=1)
         scale = 1.0 + jnp.sum(jnp.abs(v - p).reshape(SHAPE[0], -1), axis=1)
-        assert bool(jnp.all(inner <= 1e-4 * scale)), (norm, eps, inner)
+        assert bool(jnp.all(inner <= 1e-4 * scale)), (norm_eps, inner)
 
 
 @settings(max_examples=30, deadline=None)
