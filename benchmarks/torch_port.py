@@ -121,11 +121,7 @@ class TorchSmallCNN(nn.Module):
 
 def small_from_flax(params: Mapping[str, Any]) -> TorchSmallCNN:
     """A ``TorchSmallCNN`` (eval mode, frozen) with the weights of Flax ``MnistSmallCNN`` params."""
-    if "params" in params:
-        params = params["params"]
-    fc2 = np.asarray(params["fc2"]["kernel"])
-    model = TorchSmallCNN(fc2.shape[1], np.asarray(params["conv1"]["kernel"]).shape[2])
-    return _copy_two_conv_two_fc(model, params, side=7)
+    return _two_conv_two_fc_from_flax(TorchSmallCNN, params)
 
 
 class TorchFastATNet(nn.Module):
@@ -145,10 +141,17 @@ class TorchFastATNet(nn.Module):
         return self.fc2(x)
 
 
-def _copy_two_conv_two_fc(model: nn.Module, params: Mapping[str, Any], side: int) -> nn.Module:
-    """Copy conv1, conv2, fc1 (rows permuted (H, W, C) -> (C, H, W)), fc2; eval mode, frozen."""
+def _two_conv_two_fc_from_flax(model_cls: type[nn.Module], params: Mapping[str, Any]) -> Any:
+    """``model_cls(num_classes, in_channels)`` with Flax conv1, conv2, fc1, fc2 params copied in
+    (fc1 rows permuted from (H, W, C) to (C, H, W) order); eval mode, frozen."""
+    if "params" in params:
+        params = params["params"]
     fc1 = np.asarray(params["fc1"]["kernel"])  # [side*side*C, hidden], rows in (H, W, C) order
+    fc2 = np.asarray(params["fc2"]["kernel"])
+    conv1 = np.asarray(params["conv1"]["kernel"])
     channels = np.asarray(params["conv2"]["kernel"]).shape[3]
+    side = int(round((fc1.shape[0] // channels) ** 0.5))
+    model = model_cls(fc2.shape[1], conv1.shape[2])
     with torch.no_grad():
         for name in ("conv1", "conv2"):
             layer = getattr(model, name)
@@ -157,7 +160,7 @@ def _copy_two_conv_two_fc(model: nn.Module, params: Mapping[str, Any], side: int
         fc1_chw = fc1.reshape(side, side, channels, -1).transpose(2, 0, 1, 3).reshape(fc1.shape)
         model.fc1.weight.copy_(_t(fc1_chw.T))
         model.fc1.bias.copy_(_t(params["fc1"]["bias"]))
-        model.fc2.weight.copy_(_t(np.asarray(params["fc2"]["kernel"]).T))
+        model.fc2.weight.copy_(_t(fc2.T))
         model.fc2.bias.copy_(_t(params["fc2"]["bias"]))
     model.eval()
     model.requires_grad_(False)
@@ -166,11 +169,7 @@ def _copy_two_conv_two_fc(model: nn.Module, params: Mapping[str, Any], side: int
 
 def fast_at_from_flax(params: Mapping[str, Any]) -> TorchFastATNet:
     """A ``TorchFastATNet`` (eval mode, frozen) with the Flax ``MnistFastATNet`` params."""
-    if "params" in params:
-        params = params["params"]
-    fc2 = np.asarray(params["fc2"]["kernel"])
-    model = TorchFastATNet(fc2.shape[1], np.asarray(params["conv1"]["kernel"]).shape[2])
-    return _copy_two_conv_two_fc(model, params, side=7)
+    return _two_conv_two_fc_from_flax(TorchFastATNet, params)
 
 
 def port(model_name: str, variables: Mapping[str, Any]) -> nn.Module:

@@ -77,8 +77,8 @@ def conv_general_dilated(
         and feature_group_count == 1
         and batch_group_count == 1
         and preferred_element_type is None
-        and _is_nhwc(dimension_numbers, lhs.ndim)
         and lhs.ndim == 4
+        and _is_nhwc(dimension_numbers)
     )
     if not canonical:
         return jax.lax.conv_general_dilated(
@@ -100,9 +100,10 @@ def conv_general_dilated(
     return _canonical(lhs, rhs, pads, precision)
 
 
-def _is_nhwc(dimension_numbers: Any, ndim: int) -> bool:
+def _is_nhwc(dimension_numbers: Any) -> bool:
+    """Whether 2-D ``dimension_numbers`` (strings or ``ConvDimensionNumbers``) mean NHWC/HWIO."""
     if dimension_numbers is None:
         return False
-    spec = jax.lax.conv_dimension_numbers((1,) * ndim, (1,) * ndim, dimension_numbers)
-    expected = jax.lax.conv_dimension_numbers((1,) * ndim, (1,) * ndim, _NHWC)
-    return spec == expected
+    shape = (1, 1, 1, 1)
+    spec = jax.lax.conv_dimension_numbers(shape, shape, dimension_numbers)
+    return spec == jax.lax.conv_dimension_numbers(shape, shape, _NHWC)

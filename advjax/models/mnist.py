@@ -50,8 +50,8 @@ def _max_pool(x: jnp.ndarray) -> jnp.ndarray:
     return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
-class MnistSmallCNN(nn.Module):
-    """Madry et al. ``mnist_challenge`` CNN (2 conv + 2 FC), the ATLAS MNIST model.
+class _MnistNet(nn.Module):
+    """Shared attributes and input handling of the MNIST networks.
 
     Attributes:
       num_classes: number of output logits.
@@ -64,13 +64,21 @@ class MnistSmallCNN(nn.Module):
     std: tuple[float, ...] = IDENTITY_STD
     input_hw: tuple[int, int] | None = (28, 28)
 
+    def _inputs(self, x: jnp.ndarray) -> jnp.ndarray:
+        """Checks one-channel NHWC images of ``input_hw`` and normalises them."""
+        check_images(x, expected_hw=self.input_hw, channels=1)
+        return normalize(x, self.mean, self.std)
+
+
+class MnistSmallCNN(_MnistNet):
+    """Madry et al. ``mnist_challenge`` CNN (2 conv + 2 FC), the ATLAS MNIST model."""
+
     @nn.compact
     def __call__(
         self, x: jnp.ndarray, train: bool = False, return_features: bool = False
     ) -> ModelOutput:
         del train  # no BatchNorm or dropout
-        check_images(x, expected_hw=self.input_hw, channels=1)
-        x = normalize(x, self.mean, self.std)
+        x = self._inputs(x)
         x = _max_pool(nn.relu(_conv(32, 5, "SAME", "conv1")(x)))
         x = _max_pool(nn.relu(_conv(64, 5, "SAME", "conv2")(x)))
         x = x.reshape((x.shape[0], -1))
@@ -79,27 +87,18 @@ class MnistSmallCNN(nn.Module):
         return (logits, features) if return_features else logits
 
 
-class MnistCNN4(nn.Module):
+class MnistCNN4(_MnistNet):
     """TRADES ``SmallCNN`` (4 conv + 3 FC, VALID padding), the RT/SRT and thesis MNIST model.
 
-    Attributes:
-      num_classes: number of output logits.
-      mean, std: per-channel normalisation applied first (identity by default).
-      input_hw: required ``(height, width)``; ``None`` accepts any size of at least 12x12.
+    ``input_hw=None`` accepts any size of at least 12x12.
     """
-
-    num_classes: int = 10
-    mean: tuple[float, ...] = IDENTITY_MEAN
-    std: tuple[float, ...] = IDENTITY_STD
-    input_hw: tuple[int, int] | None = (28, 28)
 
     @nn.compact
     def __call__(
         self, x: jnp.ndarray, train: bool = False, return_features: bool = False
     ) -> ModelOutput:
         del train  # no BatchNorm or dropout
-        check_images(x, expected_hw=self.input_hw, channels=1)
-        x = normalize(x, self.mean, self.std)
+        x = self._inputs(x)
         x = nn.relu(_conv(32, 3, "VALID", "conv1")(x))
         x = nn.relu(_conv(32, 3, "VALID", "conv2")(x))
         x = _max_pool(x)
@@ -113,27 +112,15 @@ class MnistCNN4(nn.Module):
         return (logits, features) if return_features else logits
 
 
-class MnistFastATNet(nn.Module):
-    """Wong et al. (2020) fast-AT MNIST net (2 strided conv + 2 FC), 19.7x fewer parameters.
-
-    Attributes:
-      num_classes: number of output logits.
-      mean, std: per-channel normalisation applied first (identity by default).
-      input_hw: required ``(height, width)``; ``None`` accepts any size (FC sizes follow it).
-    """
-
-    num_classes: int = 10
-    mean: tuple[float, ...] = IDENTITY_MEAN
-    std: tuple[float, ...] = IDENTITY_STD
-    input_hw: tuple[int, int] | None = (28, 28)
+class MnistFastATNet(_MnistNet):
+    """Wong et al. (2020) fast-AT MNIST net (2 strided conv + 2 FC), 166k parameters."""
 
     @nn.compact
     def __call__(
         self, x: jnp.ndarray, train: bool = False, return_features: bool = False
     ) -> ModelOutput:
         del train  # no BatchNorm or dropout
-        check_images(x, expected_hw=self.input_hw, channels=1)
-        x = normalize(x, self.mean, self.std)
+        x = self._inputs(x)
         pad = ((1, 1), (1, 1))
         x = nn.relu(nn.Conv(16, (4, 4), strides=2, padding=pad, name="conv1")(x))
         x = nn.relu(nn.Conv(32, (4, 4), strides=2, padding=pad, name="conv2")(x))
