@@ -4,6 +4,7 @@ from advjax.attacks.adaptive_boundary import FAB, fab, fab_t
 from advjax.attacks.auto_attack import autoattack
 from advjax.attacks.autopgd import APGD, APGDTargeted, apgd, apgd_t
 from advjax.attacks.base import Attack, AttackResult, split_keys, success
+from advjax.attacks.brendel_bethge import BrendelBethge, brendel_bethge
 from advjax.attacks.combinators import (
     Cascade,
     Restarts,
@@ -59,6 +60,7 @@ ATTACKS = {
     "rays": rays,
     "cw_l2": cw_l2,
     "ddn": ddn,
+    "brendel_bethge": brendel_bethge,
     "autoattack": autoattack,
     "untargeted": untargeted,
     "multitargeted": multitargeted,
@@ -96,6 +98,7 @@ __all__ = [
     "worst_of_k",
     "APGD",
     "APGDTargeted",
+    "BrendelBethge",
     "FAB",
     "JSMA",
     "MultiTargeted",
@@ -106,6 +109,7 @@ __all__ = [
     "apgd",
     "apgd_t",
     "autoattack",
+    "brendel_bethge",
     "cw_l2",
     "ddn",
     "fab",

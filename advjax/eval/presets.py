@@ -152,6 +152,15 @@ def _rays(s: ThreatSettings) -> Entry:
     return Entry("rays", "RayS", attack, _protocol(s, **_describe(attack)), kind="hard-label")
 
 
+def _brendel_bethge(s: ThreatSettings) -> Entry:
+    """B&B as the UDR document runs it (Table 1, after Tramer et al. 2020): 200 steps from PGD-20
+    with step eps/2 started at the whole-box budget (a start at ``eps`` could not go below it)."""
+    if s.norm != "linf":
+        raise ValueError(f"bb is an Linf attack; the suite's norm is {s.norm!r}")
+    attack = attacks.brendel_bethge(s.eps)
+    return Entry("bb", "B&B", attack, _protocol(s, **_describe(attack)))
+
+
 def _autoattack(version: str) -> Callable[[ThreatSettings], Entry]:
     def build(s: ThreatSettings) -> Entry:
         from advjax.attacks.auto_attack import components
@@ -297,6 +306,7 @@ PRESETS: dict[str, Callable[[ThreatSettings], Entry]] = {
     "fab_t": _fab_t,
     "square": _square,
     "rays": _rays,
+    "bb": _brendel_bethge,
     "aa_standard": _autoattack("standard"),
     "aa_plus": _autoattack("plus"),
     "aa_rand": _autoattack("rand"),
