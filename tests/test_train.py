@@ -244,6 +244,24 @@ def test_device_count_invariance_needs_per_example_keys():
     np.testing.assert_array_equal(jax.random.key_data(keys), jax.random.key_data(expected))
 
 
+def test_mnist_variants_build_and_atlas_objectives_share_the_app_b_schedule():
+    for variant in mnist.VARIANTS:
+        config = mnist.get_config(variant)
+        defenses.get_defense(config.defense, steps_per_epoch=10)  # a real defense
+        get_model(config.model.name)
+    table1 = [mnist.get_config(v) for v in ("adv", "jac", "trades", "atlas")]
+    for config in table1:  # ATLAS Sec. 5 and App. B: one schedule for every Table 1 objective
+        assert config.model.name == "mnist_fast_at" and config.train.batch_size == 128
+        assert (config.train.optimizer, config.train.schedule) == ("sgd", "constant")
+        assert config.train.learning_rate == 0.01 and config.train.plateau.enabled
+        assert (config.train.plateau.patience, config.train.plateau.factor) == (2, 5.0)
+        assert config.defense.eps_warmup_epochs == 15
+    assert table1[0].defense.name == "fast_at"  # one-step ADV is Wong et al.'s fast AT
+    assert not mnist.get_config("fast_at").train.plateau.enabled
+    with pytest.raises(ValueError, match="valid variants: natural"):
+        mnist.get_config("atlass")
+
+
 def test_cifar_config_trains_a_batchnorm_model_with_augmentation(tmp_path):
     from configs import cifar10
 
