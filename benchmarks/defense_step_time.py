@@ -1,9 +1,10 @@
 """Time per training batch of each MNIST objective, measured in one process (ratios comparable).
 
-    python benchmarks/defense_step_time.py --variants=fast_at,atlas,trades,jac --steps=20
+    python benchmarks/defense_step_time.py --variants=adv,atlas,trades,jac --steps=20
 
 For each ``configs/mnist.py`` variant: the jitted data-parallel train step (``sharded_train_step``)
-on ``mnist_small`` with batch 128 of MNIST-shaped images, timed after compilation (median of
+on the variant's network (``mnist_fast_at`` for the Table 1 objectives; ``--model`` overrides it)
+with batch 128 of MNIST-shaped images, timed after compilation (median of
 ``--steps`` steps, ``block_until_ready``), with the epsilon warm-up finished (full budget and
 weights). The ATLAS document's Table 1 reports time per batch (one-step ATLAS 0.018 s vs one-step
 ADV 0.009 s on a GPU, 2x); the ratio column compares with the first variant.
@@ -33,9 +34,11 @@ from advjax.train.step import make_mesh, replicate, shard_batch, sharded_train_s
 from configs import mnist  # noqa: E402
 
 
-def time_variant(variant: str, steps: int, batch_size: int) -> float:
+def time_variant(variant: str, steps: int, batch_size: int, model_name: str | None = None) -> float:
     config = mnist.get_config(variant)
     config.defense.eps_warmup_epochs = 0
+    if model_name:
+        config.model.name = model_name
     model = build_model(config)
     state, tx, schedule = initial_state(config, model, (28, 28, 1), steps_per_epoch_=100)
     mesh = make_mesh()
@@ -61,14 +64,17 @@ def time_variant(variant: str, steps: int, batch_size: int) -> float:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--variants", default="fast_at,atlas,trades,jac")
+    p.add_argument("--variants", default="adv,atlas,trades,jac")
+    p.add_argument("--model", default=None, help="network for every variant (default: config)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch_size", type=int, default=128)
     args = p.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    results = {v: time_variant(v, args.steps, args.batch_size) for v in variants}
+    results = {v: time_variant(v, args.steps, args.batch_size, args.model) for v in variants}
     base = results[variants[0]]
-    print(f"mnist_small, batch {args.batch_size}, jax {jax.__version__} ({jax.default_backend()})")
+    models = sorted({args.model or mnist.get_config(v).model.name for v in variants})
+    backend = f"jax {jax.__version__} ({jax.default_backend()})"
+    print(f"{', '.join(models)}, batch {args.batch_size}, {backend}")
     print("| objective | median s / batch | ratio |")
     print("| --- | ---: | ---: |")
     for v, t in results.items():

@@ -275,6 +275,8 @@ def test_every_preset_resolves_with_its_protocol(norm):
         assert entry.name == name and entry.label
         if entry.attack is not None and entry.bounded:
             assert entry.protocol["norm"] == norm and entry.protocol["eps_text"] == "1/2"
+    assert presets.resolve("pgd20", settings).attack.unroll is True
+    assert presets.resolve("pgd1000", settings).attack.unroll is False  # a scan, not 1000 copies
     components = presets.resolve("aa_standard", settings).protocol["components"]
     assert list(components) == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert components["apgd-ce"]["n_iter"] == 100 and components["square"]["n_queries"] == 5000
