@@ -100,9 +100,8 @@ def solve_linf_step(
     b_norm = jnp.linalg.norm(b)
     g = b / jnp.maximum(b_norm, 1e-30)
     p = x - x0
-    target = (c + b @ p) / jnp.maximum(
-        b_norm, 1e-30
-    )  # the hyperplane g . d = target, d = p + delta
+    # The constraint as a hyperplane in the new perturbation d = p + delta: g . d = target.
+    target = (c + b @ p) / jnp.maximum(b_norm, 1e-30)
     lower, upper = -x0, 1.0 - x0
     inner = (3 * iters) // 2
 
