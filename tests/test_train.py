@@ -95,7 +95,7 @@ def test_locked_config_rejects_typos_and_unknown_names():
     config.lock()
     with pytest.raises(AttributeError):
         config.train.epochz = 3
-    with pytest.raises(ValueError, match="valid variants: natural, pgd_at, fast_at, jac"):
+    with pytest.raises(ValueError, match="valid variants: natural, pgd_at, fast_at, adv, jac"):
         mnist.get_config("tradez")
     with pytest.raises(ValueError, match="unknown defense .madry.; valid defenses: atlas, "):
         defenses.get_defense(type("C", (), {"name": "madry"})())
