@@ -47,9 +47,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from advjax.attacks.base import Attack, AttackResult, ModelFn, check_images, check_nonnegative
+from advjax.attacks.base import AttackResult, ModelFn, check_images, check_nonnegative
 from advjax.attacks.gradient import pgd
 from advjax.attacks.minimum_norm import (
+    MinimumNormAttack,
     check_eps,
     check_int,
     check_labels,
@@ -57,22 +58,10 @@ from advjax.attacks.minimum_norm import (
     is_adversarial,
     per_example,
 )
-from advjax.threats.lp import lp_norm
+from advjax.threats.lp import bisect, lp_norm
 
 # log-space search interval for the multipliers of unit-normal steps (distances in [0, 1]^d)
 _LOG_LO, _LOG_HI = math.log(1e-9), math.log(1e6)
-
-
-def _bisect(predicate, lo: jax.Array, hi: jax.Array, iters: int) -> tuple[jax.Array, jax.Array]:
-    """Bisection for the threshold of a monotone predicate (False at ``lo``, True at ``hi``)."""
-
-    def body(_, bounds):
-        lo, hi = bounds
-        mid = (lo + hi) / 2
-        ok = predicate(mid)
-        return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
-
-    return jax.lax.fori_loop(0, iters, body, (lo, hi))
 
 
 def _hyperplane_point(p, g, target, lower, upper, iters):
@@ -86,7 +75,7 @@ def _hyperplane_point(p, g, target, lower, upper, iters):
     def point(log_lam):
         return jnp.clip(p + sign * jnp.exp(log_lam) * g, lower, upper)
 
-    _, log_lam = _bisect(lambda u: sign * (g @ point(u) - target) >= 0, _LOG_LO, _LOG_HI, iters)
+    _, log_lam = bisect(lambda u: sign * (g @ point(u) - target) >= 0, _LOG_LO, _LOG_HI, iters)
     return point(log_lam), reachable
 
 
@@ -113,7 +102,7 @@ def solve_linf_step(
 
     t_max = jnp.max(jnp.maximum(-lower, upper))
     _, feasible = at_radius(t_max)
-    _, t = _bisect(lambda t: at_radius(t)[1], jnp.zeros_like(t_max), t_max, iters)
+    _, t = bisect(lambda t: at_radius(t)[1], jnp.zeros_like(t_max), t_max, iters)
     d_best, _ = at_radius(t)
 
     # Out of reach: the largest step towards the hyperplane within the trust region and the box.
@@ -122,7 +111,7 @@ def solve_linf_step(
     def towards(log_tau):
         return jnp.clip(p + jnp.exp(log_tau) * direction, lower, upper) - p
 
-    log_tau, _ = _bisect(
+    log_tau, _ = bisect(
         lambda u: jnp.linalg.norm(towards(u)) > r, jnp.asarray(_LOG_LO), jnp.asarray(_LOG_HI), inner
     )
     corner = jnp.linalg.norm(towards(_LOG_HI)) <= r
@@ -141,7 +130,7 @@ def logit_difference(logits: jax.Array, y: jax.Array, targeted: bool) -> jax.Arr
 
 
 @dataclasses.dataclass(frozen=True)
-class BrendelBethge(Attack):
+class BrendelBethge(MinimumNormAttack):
     """Linf Brendel & Bethge (see the module docstring).
 
     Attributes:
@@ -185,11 +174,6 @@ class BrendelBethge(Attack):
         if not 1 <= self.overshoot < 2:
             raise ValueError(f"overshoot must be in [1, 2), got {self.overshoot}")
         check_eps(self.eps)
-
-    def scaled(self, factor: Any) -> BrendelBethge:
-        if self.eps is None:
-            return self
-        return dataclasses.replace(self, eps=self.eps * factor)
 
     def _start(self, model_fn, variables, x, y, key):
         """The PGD start and the boundary point between it and ``x`` (Linf binary search)."""

@@ -98,7 +98,18 @@ def finalize(
 
 
 @dataclasses.dataclass(frozen=True)
-class CarliniWagnerL2(Attack):
+class MinimumNormAttack(Attack):
+    """Base of the minimum-norm attacks: an optional ``eps`` field bounds ``success`` only, and
+    budget scaling multiplies it (without a budget there is nothing to scale)."""
+
+    def scaled(self, factor: Any) -> MinimumNormAttack:
+        if self.eps is None:
+            return self
+        return dataclasses.replace(self, eps=self.eps * factor)
+
+
+@dataclasses.dataclass(frozen=True)
+class CarliniWagnerL2(MinimumNormAttack):
     """Carlini & Wagner (S&P 2017) L2 attack (Sec. VI-A, objective f_6 with confidence kappa).
 
     Change of variables ``x' = (tanh(w) + 1) / 2`` (so ``x'`` stays in the box), and Adam on
@@ -143,11 +154,6 @@ class CarliniWagnerL2(Attack):
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         check_eps(self.eps)
-
-    def scaled(self, factor: Any) -> CarliniWagnerL2:
-        if self.eps is None:
-            return self
-        return dataclasses.replace(self, eps=self.eps * factor)
 
     def run(
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
@@ -278,7 +284,7 @@ def _fold_in(key: jax.Array, i: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class DDN(Attack):
+class DDN(MinimumNormAttack):
     """Decoupled Direction and Norm (Rony et al., CVPR 2019, Algorithm 1).
 
     From ``delta = 0`` and a norm ``eps_0 = init_norm``, each step moves ``delta`` by
@@ -319,11 +325,6 @@ class DDN(Attack):
         if self.levels is not None:
             check_int("levels", self.levels, 2)
         check_eps(self.eps)
-
-    def scaled(self, factor: Any) -> DDN:
-        if self.eps is None:
-            return self
-        return dataclasses.replace(self, eps=self.eps * factor)
 
     def run(
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array

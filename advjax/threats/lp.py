@@ -66,10 +66,13 @@ def lp_norm(delta: jax.Array, norm: str) -> jax.Array:
     raise ValueError(f"unknown norm {norm!r}; valid norms: {', '.join(NORMS)}")
 
 
-def _bisect(feasible_at, lo: jax.Array, hi: jax.Array) -> jax.Array:
-    """Per-example bisection for the threshold of a monotone predicate; returns the feasible end.
+def bisect(
+    feasible_at, lo: jax.Array, hi: jax.Array, iters: int = _BISECTION_STEPS
+) -> tuple[jax.Array, jax.Array]:
+    """Bisection for the threshold of a monotone predicate, element-wise; returns the final
+    ``(infeasible, feasible)`` ends after ``iters`` halvings.
 
-    ``feasible_at(t)`` must be False at ``lo`` and True at ``hi`` (element-wise, ``[B]``).
+    ``feasible_at(t)`` must be False at ``lo`` and True at ``hi``.
     """
 
     def body(_, bounds):
@@ -78,8 +81,7 @@ def _bisect(feasible_at, lo: jax.Array, hi: jax.Array) -> jax.Array:
         ok = feasible_at(mid)
         return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
 
-    _, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, body, (lo, hi))
-    return hi
+    return jax.lax.fori_loop(0, iters, body, (lo, hi))
 
 
 def project_l2_box(d: jax.Array, lo: jax.Array, hi: jax.Array, eps: float) -> jax.Array:
@@ -94,7 +96,7 @@ def project_l2_box(d: jax.Array, lo: jax.Array, hi: jax.Array, eps: float) -> ja
 
     d_norm = jnp.sqrt(jnp.sum(d**2, axis=1))
     s_hi = jnp.maximum(d_norm / jnp.maximum(eps, 1e-30), 1.0) * 1.001 + 1e-6
-    s = _bisect(feasible_at, jnp.ones_like(d_norm), s_hi)
+    _, s = bisect(feasible_at, jnp.ones_like(d_norm), s_hi)
     projected = jnp.clip(d / s[:, None], lo, hi)
     return jnp.where(inside[:, None], clipped, projected)
 
@@ -112,7 +114,7 @@ def project_l1_box(d: jax.Array, lo: jax.Array, hi: jax.Array, eps: float) -> ja
         return jnp.sum(jnp.abs(shrink(tau)), axis=1) <= eps
 
     tau_hi = jnp.max(jnp.abs(d), axis=1)
-    tau = _bisect(feasible_at, jnp.zeros_like(tau_hi), tau_hi)
+    _, tau = bisect(feasible_at, jnp.zeros_like(tau_hi), tau_hi)
     return jnp.where(inside[:, None], clipped, shrink(tau))
 
 
