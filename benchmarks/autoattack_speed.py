@@ -10,7 +10,8 @@ of ``--batch``, on the same points, in one process:
 
 * advjax: ``advjax.attacks.combinators.cascade_stage`` per component, jitted once per component
   (the same code ``attacks.autoattack`` runs inside one jit), the still-robust points compacted
-  into static buckets. Compilation is timed apart (ahead-of-time ``lower().compile()``).
+  into static buckets, in passes of at most ``--pass_rows`` rows. Compilation is timed apart
+  (ahead-of-time ``lower().compile()``).
 * torchattacks: its ``AutoAttack`` components (``_autoattack.attacks``, with ``steps=100``),
   applied in order to the still-robust points of each batch, as its ``MultiAttack`` does.
 
@@ -39,19 +40,19 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from parity_torchattacks import load_model_and_twin, torch_attack  # noqa: E402
 
-from advjax.attacks import auto_attack, combinators  # noqa: E402
+from advjax.attacks import auto_attack, combinators, compaction  # noqa: E402
 from advjax.attacks.base import split_keys  # noqa: E402
 
 NAMES = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
-def advjax_run(model_fn, variables, x, y, eps, batch, seed, buckets):
+def advjax_run(model_fn, variables, x, y, eps, batch, seed, buckets, pass_rows):
     """Per component: (seconds, compile seconds); and the final robust mask."""
     components = auto_attack.components(eps, "linf", "standard")
     stages = {
         name: jax.jit(
             lambda v, x, y, k, xa, br, a=attack: combinators.cascade_stage(
-                a, model_fn, v, x, y, k, xa, br, buckets
+                a, model_fn, v, x, y, k, xa, br, buckets, pass_rows
             )
         )
         for name, attack in components.items()
@@ -126,6 +127,12 @@ def main(argv=None) -> dict:
         default=",".join(map(str, combinators.CASCADE_BUCKETS)),
         help="compaction buckets (fractions; default: the Cascade's)",
     )
+    p.add_argument(
+        "--pass_rows",
+        type=int,
+        default=compaction.default_pass_rows() or 0,
+        help="rows per attack call (0: one pass; default: the Cascade's, 128 on a CPU)",
+    )
     p.add_argument("--data_dir", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="write <output>.md and <output>.json")
@@ -141,7 +148,15 @@ def main(argv=None) -> dict:
     buckets = tuple(float(b) for b in args.buckets.split(","))
 
     ours, compile_s, left_ours, robust_ours = advjax_run(
-        model_fn, variables, x, y.astype(np.int32), args.eps, args.batch, args.seed, buckets
+        model_fn,
+        variables,
+        x,
+        y.astype(np.int32),
+        args.eps,
+        args.batch,
+        args.seed,
+        buckets,
+        args.pass_rows or None,
     )
     print("advjax", ours, "compile", compile_s, flush=True)
     peer, left_peer, robust_peer = torch_run(twin, x, y, args.eps, args.batch, args.seed)
@@ -153,6 +168,7 @@ def main(argv=None) -> dict:
         "num_examples": len(y),
         "batch": args.batch,
         "buckets": buckets,
+        "pass_rows": args.pass_rows or None,
         "eps": args.eps,
         "advjax_s": ours,
         "advjax_compile_s": compile_s,
@@ -192,7 +208,8 @@ def markdown(r: dict) -> str:
     lines.append("")
     lines.append(
         f"{r['num_examples']} MNIST test points, `{r['model']}` ({r['checkpoint']}), batch "
-        f"{r['batch']}, Linf eps {r['eps']}. Robust accuracy: advjax "
+        f"{r['batch']}, rows per pass {r.get('pass_rows') or 'all'}, Linf eps {r['eps']}. "
+        f"Robust accuracy: advjax "
         f"{100 * r['advjax_robust']:.2f}%, torchattacks {100 * r['torchattacks_robust']:.2f}%. "
         f"advjax compilation (not in the times above): {compile_total:.1f} s."
     )

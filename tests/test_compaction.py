@@ -47,6 +47,50 @@ def test_each_bucket_is_traced_once():
         np.testing.assert_allclose(run(active, x), np.where(np.arange(batch) < count, 2 * x, 0))
 
 
+@pytest.mark.parametrize("num_active", [0, 6, 11])
+def test_passes_of_at_most_pass_rows_equal_one_pass(num_active):
+    batch, pass_rows = 16, 5
+    x = jax.random.normal(jax.random.key(2), (batch, 4))
+    w = jax.random.normal(jax.random.key(3), (batch, 4))
+    active = np.zeros(batch, bool)
+    active[np.random.default_rng(num_active).permutation(batch)[:num_active]] = True
+    fallback = {"sum": jnp.full(batch, -7.0), "rows": jnp.zeros(batch, jnp.int32)}
+
+    def run(a, p):
+        return compaction.on_active(rowwise, a, (x, w), fallback, (0.125, 0.5), pass_rows=p)
+
+    passes = jax.jit(run, static_argnums=1)(jnp.asarray(active), pass_rows)
+    single = jax.jit(run, static_argnums=1)(jnp.asarray(active), None)
+    np.testing.assert_allclose(passes["sum"], single["sum"], rtol=1e-6)
+    # Sizes (2, 5): full passes of 5 rows, the rest on the smallest bucket that holds it.
+    left = num_active % pass_rows
+    last = 0 if left == 0 else (2 if left <= 2 else 5)
+    sizes = [5] * (num_active // pass_rows) + ([last] if last else [])
+    np.testing.assert_array_equal(
+        np.sort(passes["rows"][active]),
+        np.sort(
+            np.repeat(sizes, [min(s, num_active - i * pass_rows) for i, s in enumerate(sizes)])
+        ),
+    )
+    np.testing.assert_array_equal(passes["rows"][~active], 0)
+    # Reverse-mode differentiable (a scan over the passes).
+    grad = jax.grad(
+        lambda v: jnp.sum(
+            compaction.on_active(
+                lambda xr: jnp.sum(xr**2, -1),
+                jnp.asarray(active),
+                (v,),
+                jnp.zeros(batch),
+                (1.0,),
+                5,
+            )
+        )
+    )(x)
+    np.testing.assert_allclose(grad, np.where(active[:, None], 2 * np.asarray(x), 0.0), rtol=1e-6)
+    with pytest.raises(ValueError, match="pass_rows"):
+        run(jnp.asarray(active), 0)
+
+
 def test_bucket_sizes_and_bad_buckets():
     assert compaction.bucket_sizes(100, (1.0, 0.5, 0.125)) == (13, 50, 100)
     assert compaction.bucket_sizes(10, (0.01, 32)) == (1, 10)  # a count above 1 is a row count

@@ -127,6 +127,25 @@ def test_projection_edge_cases(t, w, u, norm):
     _check_projection(norm, t, w, b, _project(norm, t[None], w[None], np.array([b]))[0])
 
 
+def test_linf_root_without_a_sort_matches_the_sorted_closed_form():
+    """The bisection + Newton root of the Linf projection equals the exact sort-based one on
+    MNIST-like rows (many pixels at 0 or 1, values on the 1/255 grid: tied breakpoints)."""
+    from advjax.attacks import adaptive_boundary as ab
+
+    rng = np.random.default_rng(3)
+    t = np.round(rng.uniform(size=(64, 784)) * 255) / 255
+    t[:, :300], t[:, 300:400] = 0.0, 1.0
+    w = rng.normal(size=(64, 784)) * rng.choice([1e-3, 1.0, 30.0], (64, 1))
+    b = np.sum(w * t, axis=1) + rng.normal(size=64) * np.abs(w).sum(1) * 0.05
+    w, c, cap = ab._orient(*(jnp.asarray(v, jnp.float32) for v in (t, w, b)))
+    args = (jnp.where(w != 0, cap, 0.0), jnp.abs(w), jnp.abs(w) * cap, c)
+    exact, feasible = ab._piecewise_root(*args)
+    fast, feasible_fast = ab._bounded_piecewise_root(*args, upper=1.0)
+    np.testing.assert_array_equal(feasible, feasible_fast)
+    assert 0 < int(feasible.sum())
+    np.testing.assert_allclose(fast[feasible], exact[feasible], rtol=1e-5, atol=1e-7)
+
+
 @pytest.fixture
 def torch():
     """torch on one thread (tiny ops; its thread pool only contends with the other jobs)."""
