@@ -166,11 +166,17 @@ def test_cascade_compaction_changes_nothing_with_per_example_keys(problem):
     assert attacks.cascade(*stages).buckets != (1.0,)  # compacted by default
     compacted = dataclasses.replace(attacks.cascade(*stages), buckets=(1.0, 0.25))
     full = dataclasses.replace(compacted, buckets=(1.0,))
+    in_passes = dataclasses.replace(compacted, pass_rows=5)  # several passes of <= 5 rows
     a = jax.jit(compacted.run, static_argnums=0)(linear_model_fn, variables, x, y, keys)
     b = jax.jit(full.run, static_argnums=0)(linear_model_fn, variables, x, y, keys)
-    np.testing.assert_array_equal(a.success, b.success)
-    np.testing.assert_allclose(a.x_adv, b.x_adv, atol=1e-6)
+    c = jax.jit(in_passes.run, static_argnums=0)(linear_model_fn, variables, x, y, keys)
+    for other in (b, c):
+        np.testing.assert_array_equal(a.success, other.success)
+        np.testing.assert_allclose(a.x_adv, other.x_adv, atol=1e-6)
     assert 0 < int(a.success.sum()) < x.shape[0]
+    assert x.shape[0] > 10  # so that pass_rows=5 means several passes
+    with pytest.raises(ValueError, match="pass_rows"):
+        dataclasses.replace(compacted, pass_rows=0)
 
 
 def test_names_and_eps_are_checked():

@@ -113,16 +113,21 @@ class Cascade(Attack):
     as broken from the start. ``y`` are labels (untargeted). With one key for the batch, an
     attack's random draws for a point depend on the bucket it ran in; pass per-example keys
     (``[B]``) to make every point's result independent of the others. ``pass_rows``: at most this
-    many rows per attack call (``compaction.on_active``); the default is 128 on a CPU, where
-    smaller passes are cheaper per row, and one pass on an accelerator.
+    many rows per attack call (``compaction.on_active``); the default, ``"auto"``, is resolved when
+    the attack runs: passes of 128 rows on a CPU, one pass on an accelerator
+    (``compaction.default_pass_rows``).
     """
 
     attacks: tuple[Attack, ...]
     buckets: tuple[float, ...] = CASCADE_BUCKETS
-    pass_rows: int | None = dataclasses.field(default_factory=compaction.default_pass_rows)
+    pass_rows: int | None | str = "auto"
 
     def __post_init__(self):
         compaction.bucket_sizes(1, self.buckets)
+        rows = self.pass_rows
+        positive_int = isinstance(rows, int) and not isinstance(rows, bool) and rows >= 1
+        if not (positive_int or rows is None or rows == "auto"):
+            raise ValueError(f"pass_rows must be 'auto', None or a positive int, got {rows!r}")
 
     def scaled(self, factor: Any) -> Cascade:
         return Cascade(tuple(a.scaled(factor) for a in self.attacks), self.buckets, self.pass_rows)
@@ -132,9 +137,10 @@ class Cascade(Attack):
         keys = split_keys(key, len(self.attacks))
         broken = misclassified(model_fn, variables, x, y)
         x_adv = x
+        rows = compaction.default_pass_rows() if self.pass_rows == "auto" else self.pass_rows
         for attack, k in zip(self.attacks, keys, strict=True):
             x_adv, broken = cascade_stage(
-                attack, model_fn, variables, x, y, k, x_adv, broken, self.buckets, self.pass_rows
+                attack, model_fn, variables, x, y, k, x_adv, broken, self.buckets, rows
             )
         logits = model_fn(variables, x_adv)
         return AttackResult(x_adv=x_adv, loss=margin(logits, y), success=broken)
