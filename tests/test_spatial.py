@@ -353,6 +353,29 @@ def _pgd_result(name, variables, x, y):
     return _PGD_RESULTS[name]
 
 
+def test_worst_of_k_on_a_kl_objective_runs_under_shard_map(model_and_data):
+    """KLR's adversary (Worst-of-k maximising the KL to the clean prediction) inside the training
+    step's ``shard_map``: success is a constant (no labels) while the scores vary over devices,
+    and the search's carries must still have one type. The result equals the unsharded run."""
+    from advjax.train import make_mesh
+
+    variables, x, _ = model_and_data
+    reference = jax.lax.stop_gradient(linear_model_fn(variables, x))
+    attack = attacks.worst_of_k(k=4, loss="kl_from_reference")
+    key = jax.random.key(8)
+    mesh = make_mesh()
+
+    def run(x, reference):
+        return attack.run(linear_model_fn, variables, x, reference, key).x_adv
+
+    sharded = fast_jit(
+        jax.shard_map(
+            run, mesh=mesh, in_specs=(jax.P("batch"), jax.P("batch")), out_specs=jax.P("batch")
+        )
+    )
+    np.testing.assert_allclose(sharded(x, reference), fast_jit(run)(x, reference), atol=1e-6)
+
+
 @pytest.mark.parametrize("name", list(PGD_ATTACKS))
 def test_pgd_bounds_objective_and_progress(model_and_data, name):
     variables, x, y = model_and_data

@@ -100,9 +100,10 @@ def _pick(take: jax.Array, new: Any, old: Any) -> Any:
 
 
 def _zeros_like(a: jax.Array, dtype: Any) -> jax.Array:
-    """Zeros shaped like the integer or bool array ``a`` that inherit its device-varying type
-    inside ``shard_map`` (a constant would not, and a ``scan`` carry must keep one type)."""
-    return (a != a).astype(dtype)
+    """Zeros shaped like ``a`` that inherit its device-varying type inside ``shard_map`` (a
+    constant would not, and a ``scan`` carry must keep one type). ``a != a & a == a`` is False
+    for every value, NaN included."""
+    return ((a != a) & (a == a)).astype(dtype)
 
 
 def first_best(scores: jax.Array, oks: jax.Array) -> jax.Array:
@@ -124,8 +125,11 @@ def first_best(scores: jax.Array, oks: jax.Array) -> jax.Array:
         ), None
 
     n, b = scores.shape
-    indices = jnp.arange(n, dtype=jnp.int32)[:, None] + _zeros_like(oks, jnp.int32)
-    first = (scores[0], oks[0], indices[0])
+    # Every carry varies over devices wherever scores or oks do (under ``shard_map``, oks can be
+    # a constant, e.g. all False for a KL objective without labels, while scores vary).
+    vary = _zeros_like(scores, jnp.int32) + _zeros_like(oks, jnp.int32)
+    indices = jnp.arange(n, dtype=jnp.int32)[:, None] + vary
+    first = (scores[0] + vary[0].astype(scores.dtype), oks[0] | vary[0].astype(bool), indices[0])
     (_, _, best), _ = jax.lax.scan(fold, first, (scores[1:], oks[1:], indices[1:]))
     return best
 
