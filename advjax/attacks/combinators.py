@@ -124,13 +124,10 @@ class Cascade(Attack):
 
     def __post_init__(self):
         compaction.bucket_sizes(1, self.buckets)
-        rows = self.pass_rows
-        positive_int = isinstance(rows, int) and not isinstance(rows, bool) and rows >= 1
-        if not (positive_int or rows is None or rows == "auto"):
-            raise ValueError(f"pass_rows must be 'auto', None or a positive int, got {rows!r}")
+        compaction.check_pass_rows(self.pass_rows, auto=True)
 
     def scaled(self, factor: Any) -> Cascade:
-        return Cascade(tuple(a.scaled(factor) for a in self.attacks), self.buckets, self.pass_rows)
+        return dataclasses.replace(self, attacks=tuple(a.scaled(factor) for a in self.attacks))
 
     def run(self, model_fn, variables, x, y, key) -> AttackResult:
         check_images(x)

@@ -52,6 +52,14 @@ def bucket_sizes(batch: int, buckets: Sequence[float]) -> tuple[int, ...]:
     return tuple(sorted(sizes))
 
 
+def check_pass_rows(pass_rows: Any, auto: bool = False) -> None:
+    """``pass_rows`` must be None (one pass), a positive integer, or, with ``auto``, ``"auto"``."""
+    positive_int = isinstance(pass_rows, int) and not isinstance(pass_rows, bool) and pass_rows >= 1
+    if not (positive_int or pass_rows is None or (auto and pass_rows == "auto")):
+        valid = "'auto', None or a positive integer" if auto else "None or a positive integer"
+        raise ValueError(f"pass_rows must be {valid}, got {pass_rows!r}")
+
+
 def default_pass_rows() -> int | None:
     """Rows per pass for evaluation attacks: 128 on a CPU, None (one pass) on an accelerator."""
     return CPU_PASS_ROWS if jax.default_backend() == "cpu" else None
@@ -82,9 +90,8 @@ def on_active(
     but discarded.
     """
     batch = active.shape[0]
-    if pass_rows is not None and (isinstance(pass_rows, bool) or int(pass_rows) < 1):
-        raise ValueError(f"pass_rows must be a positive integer or None, got {pass_rows!r}")
-    cap = batch if pass_rows is None else min(batch, int(pass_rows))
+    check_pass_rows(pass_rows)
+    cap = batch if pass_rows is None else min(batch, pass_rows)
     sizes = tuple(sorted({min(s, cap) for s in bucket_sizes(batch, buckets)} | {cap}))
     passes = -(-batch // cap)
     order = jnp.argsort(~active, stable=True)  # active rows first, in their original order
