@@ -21,6 +21,7 @@ from advjax import attacks, defenses, models
 from advjax.data import (
     UNLABELED,
     Dataset,
+    labeled_part,
     labeled_per_batch,
     train_batches,
     with_labeled_subset,
@@ -28,7 +29,7 @@ from advjax.data import (
 from advjax.defenses import semi_supervised as ssl
 from advjax.train import monitor
 from advjax.train.checkpoint import Checkpointer
-from advjax.train.loop import eps_scale, train_and_evaluate
+from advjax.train.loop import eps_scale, load_splits, train_and_evaluate
 from advjax.train.metrics import read_metrics
 from advjax.train.optim import get_plateau_state, make_optimizer, make_schedule, set_plateau_state
 from advjax.train.schedules import Plateau, PlateauState, initial_plateau_state, plateau_update
@@ -528,3 +529,31 @@ def test_spatial_srt_config_trains_with_a_worst_of_k_neighbourhood(tmp_path):
     train_records = [r for r in records if "robust_loss" in r]
     assert train_records and all(np.isfinite(r["robust_loss"]) for r in train_records)
     assert 0.0 <= [r for r in records if "val_robust_accuracy" in r][-1]["val_robust_accuracy"]
+
+
+def test_labeled_only_trains_a_supervised_defense_on_the_labeled_subset(
+    tmp_path, linear_registered
+):
+    """``data.labeled_only``: the supervised baselines of the semi-supervised protocol see the
+    labeled images SRT sees, and nothing else."""
+    ds = with_labeled_subset(_ids_dataset(100), 30, seed=3)
+    part = labeled_part(ds)
+    assert len(part) == 30 and part.labeled is None and part.num_labeled == 30
+    np.testing.assert_array_equal(part.images, ds.images[ds.labeled])
+    np.testing.assert_array_equal(part.labels, ds.labels[ds.labeled])
+    assert labeled_part(part) is part
+    for variant in ("worst_of_k", "klr"):
+        assert mnist.get_config(variant).data.labeled_only
+    config = tiny_config("fast_at", epochs=1)
+    config.model.name = "linear"
+    config.data.synthetic.num_examples = 160  # 96 training examples
+    config.data.update(num_labeled=64, labeled_only=True)  # 64 labeled: 2 steps of 32
+    config.validation.update(num_examples=32, jac_examples=16)
+    train, _ = load_splits(config)
+    config.data.labeled_only = False
+    mixed, _ = load_splits(config)  # what SRT trains on: the same 64 labeled + 32 unlabeled
+    assert len(train) == 64 and train.labeled is None and len(mixed) == 96
+    np.testing.assert_array_equal(train.images, mixed.images[mixed.labeled])
+    config.data.labeled_only = True
+    state = train_and_evaluate(config, str(tmp_path))
+    assert int(state.step) == 2

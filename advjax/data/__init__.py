@@ -6,6 +6,7 @@ from advjax.data.download import download
 from advjax.data.pipeline import (
     UNLABELED,
     eval_batches,
+    labeled_part,
     labeled_per_batch,
     num_eval_batches,
     split_validation,
@@ -21,6 +22,7 @@ __all__ = [
     "Dataset",
     "download",
     "eval_batches",
+    "labeled_part",
     "labeled_per_batch",
     "load_dataset",
     "num_eval_batches",

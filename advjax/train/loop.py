@@ -14,7 +14,8 @@ Optional features (config fields, defaults in brackets):
   or ``enabled=False``: off. Needs a validation split.
 * ``data.num_labeled`` [0: all labeled]: only this many training examples keep their labels; the
   others are unlabeled data, mixed into every batch in proportion (SRT Sec. 4). Needs a defense
-  that uses unlabeled data (``rt``, ``srt``, ``fast_srt``).
+  that uses unlabeled data (``rt``, ``srt``, ``fast_srt``), or ``data.labeled_only`` [False]:
+  train on the labeled examples alone (SRT's supervised baselines; ``advjax.data.labeled_part``).
 * Catastrophic-overfitting monitor after each validation (ATLAS Sec. 6, App. E;
   ``advjax.train.monitor``): ``validation.co_drop`` [0.1], ``validation.co_jac_factor`` [10],
   ``validation.jac_examples`` [100, 0: no Jacobian estimate].
@@ -44,6 +45,7 @@ from tqdm import tqdm
 from advjax import defenses
 from advjax.data import (
     Dataset,
+    labeled_part,
     load_dataset,
     split_validation,
     steps_per_epoch,
@@ -86,6 +88,7 @@ def load_splits(config: ml_collections.ConfigDict) -> tuple[Dataset, Dataset | N
 
     With ``data.num_labeled > 0``, only that many (seeded choice) of the remaining training
     examples stay labeled (``advjax.data.with_labeled_subset``); validation keeps its labels.
+    With ``data.labeled_only`` the training set is those labeled examples alone.
     """
     data = config.data
     train, val = load_split(config, "train"), None
@@ -94,6 +97,8 @@ def load_splits(config: ml_collections.ConfigDict) -> tuple[Dataset, Dataset | N
     num_labeled = data.get("num_labeled", 0) or 0
     if num_labeled:
         train = with_labeled_subset(train, num_labeled, config.seed)
+        if data.get("labeled_only", False):
+            train = labeled_part(train)
     return train, val
 
 
@@ -241,7 +246,8 @@ def train_and_evaluate(
         raise ValueError(
             f"data.num_labeled={config.data.num_labeled} leaves unlabeled training examples, but "
             f"defense {config.defense.name!r} trains on every example's label; use a "
-            "semi-supervised defense (rt, srt, fast_srt) or data.num_labeled=0"
+            "semi-supervised defense (rt, srt, fast_srt), data.labeled_only=True (train on the "
+            "labeled examples alone) or data.num_labeled=0"
         )
     plateau = plateau_rule(tc)
     vc = config.validation
