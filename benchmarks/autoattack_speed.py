@@ -15,6 +15,10 @@ of ``--batch``, on the same points, in one process:
 * torchattacks: its ``AutoAttack`` components (``_autoattack.attacks``, with ``steps=100``),
   applied in order to the still-robust points of each batch, as its ``MultiAttack`` does.
 
+The two sides alternate, one component on one batch at a time (``--order=interleaved``, the
+default), so that both see the same drift of a noisy shared machine; ``--order=sequential`` runs
+all of advjax first, as the runs before 2026-11-22 did.
+
 Prints the per-component time split, the robust accuracy after each component on both sides, and
 the ratio advjax / torchattacks (the issue's target: at most 1.0x).
 """
@@ -26,6 +30,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -46,8 +51,22 @@ from advjax.attacks.base import split_keys  # noqa: E402
 NAMES = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
-def advjax_run(model_fn, variables, x, y, eps, batch, seed, buckets, pass_rows):
-    """Per component: (seconds, compile seconds); and the final robust mask."""
+class Tally(NamedTuple):
+    """One side's measurements: per component seconds and robust points left after it, and the
+    per-point robust mask of each finished batch."""
+
+    seconds: dict
+    robust_after: dict
+    robust: list
+
+    @classmethod
+    def empty(cls) -> Tally:
+        return cls(dict.fromkeys(NAMES, 0.0), dict.fromkeys(NAMES, 0), [])
+
+
+def advjax_steps(model_fn, variables, x, y, eps, batch, seed, buckets, pass_rows, tally, compile_s):
+    """Generator: one AutoAttack component on one batch per step, timed into ``tally``
+    (compilation, ahead of time, into ``compile_s``)."""
     components = auto_attack.components(eps, "linf", "standard")
     stages = {
         name: jax.jit(
@@ -57,8 +76,7 @@ def advjax_run(model_fn, variables, x, y, eps, batch, seed, buckets, pass_rows):
         )
         for name, attack in components.items()
     }
-    robust_all, seconds, compile_s, compiled = [], dict.fromkeys(components, 0.0), {}, {}
-    robust_after = dict.fromkeys(components, 0)  # robust points left after each component
+    compiled = {}
     for start in range(0, len(y), batch):
         xb, yb = jnp.asarray(x[start : start + batch]), jnp.asarray(y[start : start + batch])
         keys = split_keys(
@@ -71,28 +89,25 @@ def advjax_run(model_fn, variables, x, y, eps, batch, seed, buckets, pass_rows):
             if (name, len(yb)) not in compiled:  # one executable per component and batch size
                 t0 = time.perf_counter()
                 compiled[name, len(yb)] = stage.lower(*args).compile()
-                compile_s[(name, len(yb))] = time.perf_counter() - t0
+                compile_s[name] = compile_s.get(name, 0.0) + time.perf_counter() - t0
             t0 = time.perf_counter()
             x_adv, broken = jax.block_until_ready(compiled[name, len(yb)](*args))
-            seconds[name] += time.perf_counter() - t0
-            robust_after[name] += int(jnp.sum(~broken))
+            tally.seconds[name] += time.perf_counter() - t0
+            tally.robust_after[name] += int(jnp.sum(~broken))
             if float(jnp.max(jnp.abs(x_adv - xb))) > eps + 1e-5:
                 raise RuntimeError(f"advjax {name} left the eps ball")
-        robust_all.append(np.asarray(~broken))
-    compile_total = {n: sum(v for (m, _), v in compile_s.items() if m == n) for n in components}
-    return seconds, compile_total, robust_after, np.concatenate(robust_all)
+            yield
+        tally.robust.append(np.asarray(~broken))
 
 
-def torch_run(twin, x, y, eps, batch, seed):
-    """torchattacks' AutoAttack components, in order, on the still-robust points of each batch."""
+def torch_steps(twin, x, y, eps, batch, seed, tally):
+    """Generator: torchattacks' AutoAttack components, in order, each on the still-robust points
+    of a batch, one component on one batch per step, timed into ``tally``."""
     import torch
     from torch_port import nhwc_to_nchw
 
     torch.manual_seed(seed)
     parts = list(torch_attack("aa_standard", twin, eps, 0.0, seed)._autoattack.attacks)
-    seconds = dict.fromkeys(NAMES, 0.0)
-    robust_after = dict.fromkeys(NAMES, 0)
-    robust_all = []
     for start in range(0, len(y), batch):
         xb = nhwc_to_nchw(x[start : start + batch])
         yb = torch.from_numpy(y[start : start + batch]).long()
@@ -101,18 +116,34 @@ def torch_run(twin, x, y, eps, batch, seed):
         for name, part in zip(NAMES, parts, strict=True):
             idx = torch.nonzero(robust).flatten()
             if len(idx) == 0:
-                continue  # robust_after stays 0 for this batch
+                yield  # robust_after stays 0 for this batch
+                continue
             t0 = time.perf_counter()
             adv = part(xb[idx], yb[idx])
             with torch.no_grad():
                 still = twin(adv).argmax(1) == yb[idx]
-            seconds[name] += time.perf_counter() - t0
+            tally.seconds[name] += time.perf_counter() - t0
             if float((adv.detach() - xb[idx]).abs().max()) > eps + 1e-5:
                 raise RuntimeError(f"torchattacks {name} left the eps ball")
             robust[idx] = still
-            robust_after[name] += int(robust.sum())
-        robust_all.append(robust.numpy())
-    return seconds, robust_after, np.concatenate(robust_all)
+            tally.robust_after[name] += int(robust.sum())
+            yield
+        tally.robust.append(robust.numpy())
+
+
+def drive(steps: list, interleave: bool) -> None:
+    """Runs the step generators to the end: alternating one step of each (``interleave``: both
+    sides see the same drift of a noisy machine), or one after the other."""
+    if not interleave:
+        for gen in steps:
+            for _ in gen:
+                pass
+        return
+    live = list(steps)
+    while live:
+        for gen in list(live):
+            if next(gen, StopIteration) is StopIteration:
+                live.remove(gen)
 
 
 def main(argv=None) -> dict:
@@ -133,6 +164,13 @@ def main(argv=None) -> dict:
         default=compaction.default_pass_rows() or 0,
         help="rows per attack call (0: one pass; default: the Cascade's, 128 on a CPU)",
     )
+    p.add_argument(
+        "--order",
+        choices=("interleaved", "sequential"),
+        default="interleaved",
+        help="interleaved: alternate the two sides component by component (the default: both "
+        "see the same drift of a noisy machine); sequential: all of advjax, then torchattacks",
+    )
     p.add_argument("--data_dir", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="write <output>.md and <output>.json")
@@ -147,20 +185,27 @@ def main(argv=None) -> dict:
     y = test.labels.astype(np.int64)
     buckets = tuple(float(b) for b in args.buckets.split(","))
 
-    ours, compile_s, left_ours, robust_ours = advjax_run(
-        model_fn,
-        variables,
-        x,
-        y.astype(np.int32),
-        args.eps,
-        args.batch,
-        args.seed,
-        buckets,
-        args.pass_rows or None,
-    )
-    print("advjax", ours, "compile", compile_s, flush=True)
-    peer, left_peer, robust_peer = torch_run(twin, x, y, args.eps, args.batch, args.seed)
-    print("torchattacks", peer, flush=True)
+    ours, peer, compile_s = Tally.empty(), Tally.empty(), {}
+    steps = [
+        advjax_steps(
+            model_fn,
+            variables,
+            x,
+            y.astype(np.int32),
+            args.eps,
+            args.batch,
+            args.seed,
+            buckets,
+            args.pass_rows or None,
+            ours,
+            compile_s,
+        ),
+        torch_steps(twin, x, y, args.eps, args.batch, args.seed, peer),
+    ]
+    drive(steps, args.order == "interleaved")
+    print("advjax", ours.seconds, "compile", compile_s, flush=True)
+    print("torchattacks", peer.seconds, flush=True)
+    robust_ours, robust_peer = np.concatenate(ours.robust), np.concatenate(peer.robust)
     result = {
         "workdir": args.workdir,
         "model": config.model.name,
@@ -170,11 +215,12 @@ def main(argv=None) -> dict:
         "buckets": buckets,
         "pass_rows": args.pass_rows or None,
         "eps": args.eps,
-        "advjax_s": ours,
+        "order": args.order,
+        "advjax_s": ours.seconds,
         "advjax_compile_s": compile_s,
-        "torchattacks_s": peer,
-        "advjax_robust_after": left_ours,
-        "torchattacks_robust_after": left_peer,
+        "torchattacks_s": peer.seconds,
+        "advjax_robust_after": ours.robust_after,
+        "torchattacks_robust_after": peer.robust_after,
         "advjax_robust": float(robust_ours.mean()),
         "torchattacks_robust": float(robust_peer.mean()),
         "jax": jax.__version__,
@@ -208,7 +254,8 @@ def markdown(r: dict) -> str:
     lines.append("")
     lines.append(
         f"{r['num_examples']} MNIST test points, `{r['model']}` ({r['checkpoint']}), batch "
-        f"{r['batch']}, rows per pass {r.get('pass_rows') or 'all'}, Linf eps {r['eps']}. "
+        f"{r['batch']}, rows per pass {r.get('pass_rows') or 'all'}, Linf eps {r['eps']}, "
+        f"the two sides run {r.get('order', 'sequential')}. "
         f"Robust accuracy: advjax "
         f"{100 * r['advjax_robust']:.2f}%, torchattacks {100 * r['torchattacks_robust']:.2f}%. "
         f"advjax compilation (not in the times above): {compile_total:.1f} s."
