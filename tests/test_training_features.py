@@ -556,7 +556,7 @@ def test_labeled_only_trains_a_supervised_defense_on_the_labeled_subset(
     np.testing.assert_array_equal(train.images, mixed.images[mixed.labeled])
     config.data.labeled_only = True
     state = train_and_evaluate(config, str(tmp_path))
+    assert int(state.step) == 2
     config.data.num_labeled = 0
     with pytest.raises(ValueError, match="labeled_only=True needs data.num_labeled > 0"):
         load_splits(config)
-    assert int(state.step) == 2

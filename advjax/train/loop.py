@@ -95,14 +95,15 @@ def load_splits(config: ml_collections.ConfigDict) -> tuple[Dataset, Dataset | N
     if data.get("num_validation", 0) > 0:
         train, val = split_validation(train, data.num_validation, config.seed)
     num_labeled = data.get("num_labeled", 0) or 0
-    if data.get("labeled_only", False) and not num_labeled:
+    labeled_only = data.get("labeled_only", False)
+    if labeled_only and not num_labeled:
         raise ValueError(
             "data.labeled_only=True needs data.num_labeled > 0 (how many training images keep "
             "their labels); with every image labeled there is nothing to leave out"
         )
     if num_labeled:
         train = with_labeled_subset(train, num_labeled, config.seed)
-        if data.get("labeled_only", False):
+        if labeled_only:
             train = labeled_part(train)
     return train, val
 
