@@ -16,6 +16,8 @@ of ``--batch``, on the same points, in one process:
   applied in order to the still-robust points of each batch, as its ``MultiAttack`` does.
 
 ``--order=sequential`` (the default) runs all of advjax, then all of torchattacks.
+``--order=isolated`` does the same with each side in a fresh process of its own (this script,
+re-run with a hidden ``--side``); advjax's process never imports PyTorch.
 ``--order=interleaved`` alternates the two, one component on one batch at a time, so that both
 see the same drift of a noisy machine. It is not neutral: in the one 1,000-point run made, advjax
 took 9.6% longer interleaved than sequential while torchattacks took 2.5% less
@@ -29,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -45,7 +49,7 @@ host.configure()
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from parity_torchattacks import load_model_and_twin, torch_attack  # noqa: E402
+from parity_torchattacks import load_model, load_model_and_twin, torch_attack  # noqa: E402
 
 from advjax.attacks import auto_attack, combinators, compaction  # noqa: E402
 from advjax.attacks.base import split_keys  # noqa: E402
@@ -148,6 +152,87 @@ def drive(steps: list, interleave: bool) -> None:
                 live.remove(gen)
 
 
+SIDES = ("advjax", "torchattacks")
+ORDERS = {
+    "sequential": "all of advjax, then all of torchattacks, in one process",
+    "isolated": "all of advjax, then all of torchattacks, each in a fresh process of its own "
+    "(advjax's never imports PyTorch)",
+    "interleaved": "the two sides alternating component by component in one process",
+}
+
+
+def measure(args, sides: tuple[str, ...]) -> dict:
+    """Runs the given sides in this process and returns their measurements. PyTorch is imported
+    only when ``torchattacks`` is one of them."""
+    if "torchattacks" in sides:
+        config, model_fn, variables, ckpt, twin, test = load_model_and_twin(
+            args.workdir, args.checkpoint, args.num_examples, args.data_dir
+        )
+    else:
+        config, model_fn, variables, ckpt, test = load_model(
+            args.workdir, args.checkpoint, args.num_examples, args.data_dir
+        )
+    x = test.images.astype(np.float32) / 255.0
+    y = test.labels.astype(np.int64)
+    buckets = tuple(float(b) for b in args.buckets.split(","))
+    tallies, compile_s, steps = {side: Tally.empty() for side in sides}, {}, []
+    if "advjax" in sides:
+        steps.append(
+            advjax_steps(
+                model_fn,
+                variables,
+                x,
+                y.astype(np.int32),
+                args.eps,
+                args.batch,
+                args.seed,
+                buckets,
+                args.pass_rows or None,
+                tallies["advjax"],
+                compile_s,
+            )
+        )
+    if "torchattacks" in sides:
+        steps.append(
+            torch_steps(twin, x, y, args.eps, args.batch, args.seed, tallies["torchattacks"])
+        )
+    drive(steps, args.order == "interleaved")
+    out = {
+        "model": config.model.name,
+        "checkpoint": ckpt,
+        "num_examples": len(y),
+        "buckets": buckets,
+        "jax": jax.__version__,
+        # Whether this process ever imported PyTorch (``isolated``: false for advjax's process).
+        f"torch_imported_with_{'_'.join(sides)}": "torch" in sys.modules,
+    }
+    if "advjax" in sides:
+        out["advjax_compile_s"] = compile_s
+    for side, tally in tallies.items():
+        print(side, tally.seconds, flush=True)
+        out[f"{side}_s"] = tally.seconds
+        out[f"{side}_robust_after"] = tally.robust_after
+        out[f"{side}_robust_mask"] = np.concatenate(tally.robust).astype(bool).tolist()
+    if "torchattacks" in sides:
+        import torch
+
+        out.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    return out
+
+
+def measure_isolated(args, argv: list[str]) -> dict:
+    """Each side in a fresh Python process of its own, advjax first: the advjax process never
+    imports PyTorch, and neither side's runtime (threads, allocator) disturbs the other's."""
+    merged = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for side in SIDES:
+            path = Path(tmp) / f"{side}.json"
+            cmd = [sys.executable, __file__, *argv, f"--side={side}", f"--side_output={path}"]
+            subprocess.run(cmd, check=True)
+            merged.update(json.loads(path.read_text()))
+    return merged
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", required=True, help="advjax training workdir (MNIST)")
@@ -168,73 +253,53 @@ def main(argv=None) -> dict:
     )
     p.add_argument(
         "--order",
-        choices=("interleaved", "sequential"),
+        choices=("isolated", "sequential", "interleaved"),
         default="sequential",
-        help="sequential: all of advjax, then torchattacks; interleaved: alternate the two sides "
-        "component by component (same machine drift for both, but they disturb each other)",
+        help="sequential: all of advjax, then torchattacks, in one process; isolated: the same, "
+        "each side in a process of its own; interleaved: alternate the two sides component by "
+        "component in one process (same machine drift for both, but they disturb each other)",
     )
     p.add_argument("--data_dir", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="write <output>.md and <output>.json")
+    p.add_argument("--side", choices=SIDES, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--side_output", default=None, help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
 
-    import torch
-
-    config, model_fn, variables, ckpt, twin, test = load_model_and_twin(
-        args.workdir, args.checkpoint, args.num_examples, args.data_dir
-    )
-    x = test.images.astype(np.float32) / 255.0
-    y = test.labels.astype(np.int64)
-    buckets = tuple(float(b) for b in args.buckets.split(","))
-
-    ours, peer, compile_s = Tally.empty(), Tally.empty(), {}
-    steps = [
-        advjax_steps(
-            model_fn,
-            variables,
-            x,
-            y.astype(np.int32),
-            args.eps,
-            args.batch,
-            args.seed,
-            buckets,
-            args.pass_rows or None,
-            ours,
-            compile_s,
-        ),
-        torch_steps(twin, x, y, args.eps, args.batch, args.seed, peer),
-    ]
-    drive(steps, args.order == "interleaved")
-    print("advjax", ours.seconds, "compile", compile_s, flush=True)
-    print("torchattacks", peer.seconds, flush=True)
-    robust_ours, robust_peer = np.concatenate(ours.robust), np.concatenate(peer.robust)
-    result = {
-        "workdir": args.workdir,
-        "model": config.model.name,
-        "checkpoint": ckpt,
-        "num_examples": len(y),
-        "batch": args.batch,
-        "buckets": buckets,
-        "pass_rows": args.pass_rows or None,
-        "eps": args.eps,
-        "order": args.order,
-        "advjax_s": ours.seconds,
-        "advjax_compile_s": compile_s,
-        "torchattacks_s": peer.seconds,
-        "advjax_robust_after": ours.robust_after,
-        "torchattacks_robust_after": peer.robust_after,
-        "advjax_robust": float(robust_ours.mean()),
-        "torchattacks_robust": float(robust_peer.mean()),
-        "jax": jax.__version__,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-    }
+    if args.side:  # a child process of --order=isolated
+        Path(args.side_output).write_text(json.dumps(measure(args, (args.side,))))
+        return {}
+    if args.order == "isolated":
+        measured = measure_isolated(args, [a for a in argv if not a.startswith("--output")])
+    else:
+        measured = measure(args, SIDES)
+    print("advjax compile", measured["advjax_compile_s"], flush=True)
+    result = summarize(args, measured)
     table = markdown(result)
     print(table)
     if args.output:
         Path(f"{args.output}.json").write_text(json.dumps(result, indent=2))
         Path(f"{args.output}.md").write_text(table)
+    return result
+
+
+def summarize(args, measured: dict) -> dict:
+    """The report's fields from the sides' measurements (per-point masks reduced to accuracies)."""
+    result = {
+        "workdir": args.workdir,
+        "batch": args.batch,
+        "pass_rows": args.pass_rows or None,
+        "eps": args.eps,
+        "order": args.order,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    for key, value in measured.items():
+        if key.endswith("_robust_mask"):
+            side = key.removesuffix("_robust_mask")
+            result[f"{side}_robust"] = float(np.mean(value))
+        else:
+            result[key] = value
     return result
 
 
@@ -257,7 +322,7 @@ def markdown(r: dict) -> str:
     lines.append(
         f"{r['num_examples']} MNIST test points, `{r['model']}` ({r['checkpoint']}), batch "
         f"{r['batch']}, rows per pass {r.get('pass_rows') or 'all'}, Linf eps {r['eps']}, "
-        f"the two sides run {r.get('order', 'sequential')}. "
+        f"{ORDERS[r.get('order', 'sequential')]}. "
         f"Robust accuracy: advjax "
         f"{100 * r['advjax_robust']:.2f}%, torchattacks {100 * r['torchattacks_robust']:.2f}%. "
         f"advjax compilation (not in the times above): {compile_total:.1f} s."

@@ -60,11 +60,9 @@ def torch_attack(name: str, model, eps: float, step: float, seed: int):
     raise ValueError(name)
 
 
-def load_model_and_twin(workdir: str, checkpoint: str, num_examples: int, data_dir):
-    """The workdir's config, ``model_fn``, variables and checkpoint info, its PyTorch twin (same
-    weights, ``torch_port``), and the first ``num_examples`` test points."""
-    import torch_port
-
+def load_model(workdir: str, checkpoint: str, num_examples: int, data_dir):
+    """The workdir's config, ``model_fn``, variables and checkpoint info, and the first
+    ``num_examples`` test points; imports no PyTorch."""
     from advjax.eval.workdir import load_config, restore_variables
     from advjax.models import make_model_fn
     from advjax.train.loop import load_split
@@ -73,8 +71,19 @@ def load_model_and_twin(workdir: str, checkpoint: str, num_examples: int, data_d
     test = load_split(config, "test", data_dir)
     test = test.take(np.arange(min(num_examples, len(test))))
     model, variables, ckpt = restore_variables(config, workdir, checkpoint, test.image_shape)
+    return config, make_model_fn(model), variables, ckpt, test
+
+
+def load_model_and_twin(workdir: str, checkpoint: str, num_examples: int, data_dir):
+    """``load_model``'s results and the model's PyTorch twin (same weights, ``torch_port``):
+    config, model_fn, variables, checkpoint info, twin, test points."""
+    import torch_port
+
+    config, model_fn, variables, ckpt, test = load_model(
+        workdir, checkpoint, num_examples, data_dir
+    )
     twin = torch_port.port(config.model.name, jax.device_get(variables))
-    return config, make_model_fn(model), variables, ckpt, twin, test
+    return config, model_fn, variables, ckpt, twin, test
 
 
 def torch_robust(model, attack, x: np.ndarray, y: np.ndarray, batch: int) -> np.ndarray:
