@@ -6,7 +6,7 @@
 Both sides run the four components of AutoAttack standard (Linf; APGD-CE, APGD-T with 9 target
 classes, FAB-T with 9 target classes, Square with 5,000 queries; 100 iterations for the APGD and FAB
 parts, as the reference) in order, each only on the points no earlier component broke, in batches
-of ``--batch``, on the same points, in one process:
+of ``--batch``, on the same points:
 
 * advjax: ``advjax.attacks.combinators.cascade_stage`` per component, jitted once per component
   (the same code ``attacks.autoattack`` runs inside one jit), the still-robust points compacted
@@ -15,13 +15,13 @@ of ``--batch``, on the same points, in one process:
 * torchattacks: its ``AutoAttack`` components (``_autoattack.attacks``, with ``steps=100``),
   applied in order to the still-robust points of each batch, as its ``MultiAttack`` does.
 
-``--order=sequential`` (the default) runs all of advjax, then all of torchattacks.
-``--order=isolated`` does the same with each side in a fresh process of its own (this script,
-re-run with a hidden ``--side``); advjax's process never imports PyTorch.
-``--order=interleaved`` alternates the two, one component on one batch at a time, so that both
-see the same drift of a noisy machine. It is not neutral: in the one 1,000-point run made, advjax
-took 9.6% longer interleaved than sequential while torchattacks took 2.5% less
-(results/autoattack_speed.md), so the two libraries disturb each other in one process.
+``--order=isolated`` (the default) runs all of advjax, then all of torchattacks, each side in a
+fresh process of its own (this script, re-run with a hidden ``--side``), as a user runs one library:
+advjax's process never imports PyTorch. ``--order=sequential`` runs the same two halves in one
+process; ``--order=interleaved`` alternates them, one component on one batch at a time, in one
+process. Neither is neutral: on the 1,000-point runs of results/autoattack_speed.md advjax took
+1068 and 1102 s isolated, 1209 s sequential and 1325 s interleaved, while torchattacks took
+1030-1128 s in all four: PyTorch in the same process slowed advjax down (how, we do not know).
 
 Prints the per-component time split, the robust accuracy after each component on both sides, and
 the ratio advjax / torchattacks (the issue's target: at most 1.0x).
@@ -254,10 +254,10 @@ def main(argv=None) -> dict:
     p.add_argument(
         "--order",
         choices=("isolated", "sequential", "interleaved"),
-        default="sequential",
-        help="sequential: all of advjax, then torchattacks, in one process; isolated: the same, "
-        "each side in a process of its own; interleaved: alternate the two sides component by "
-        "component in one process (same machine drift for both, but they disturb each other)",
+        default="isolated",
+        help="isolated: all of advjax, then all of torchattacks, each side in a process of its "
+        "own; sequential: the same in one process; interleaved: alternate the two sides component "
+        "by component in one process (same machine drift for both, but they disturb each other)",
     )
     p.add_argument("--data_dir", default=None)
     p.add_argument("--seed", type=int, default=0)
