@@ -220,7 +220,7 @@ def measure(args, sides: tuple[str, ...]) -> dict:
     return out
 
 
-def measure_isolated(args, argv: list[str]) -> dict:
+def measure_isolated(argv: list[str]) -> dict:
     """Each side in a fresh Python process of its own, advjax first: the advjax process never
     imports PyTorch, and neither side's runtime (threads, allocator) disturbs the other's."""
     merged = {}
@@ -271,7 +271,7 @@ def main(argv=None) -> dict:
         Path(args.side_output).write_text(json.dumps(measure(args, (args.side,))))
         return {}
     if args.order == "isolated":
-        measured = measure_isolated(args, [a for a in argv if not a.startswith("--output")])
+        measured = measure_isolated(argv)  # the children return before writing --output
     else:
         measured = measure(args, SIDES)
     print("advjax compile", measured["advjax_compile_s"], flush=True)
