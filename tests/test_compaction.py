@@ -62,15 +62,12 @@ def test_passes_of_at_most_pass_rows_equal_one_pass(num_active):
     passes = jax.jit(run, static_argnums=1)(jnp.asarray(active), pass_rows)
     single = jax.jit(run, static_argnums=1)(jnp.asarray(active), None)
     np.testing.assert_allclose(passes["sum"], single["sum"], rtol=1e-6)
-    # Sizes (2, 5): full passes of 5 rows, the rest on the smallest bucket that holds it.
-    left = num_active % pass_rows
-    last = 0 if left == 0 else (2 if left <= 2 else 5)
-    sizes = [5] * (num_active // pass_rows) + ([last] if last else [])
+    # Buckets are fractions of the pass: sizes (1, 3, 5), each pass on the bucket pass_plan picks
+    # (11 active rows: 5 + 5 + 1; 6: 5 + 1).
+    expected_sizes = {0: [], 6: [5, 1], 11: [5, 5, 1]}[num_active]
+    assert compaction.bucket_sizes(pass_rows, (0.125, 0.5)) == (1, 3, 5)
     np.testing.assert_array_equal(
-        np.sort(passes["rows"][active]),
-        np.sort(
-            np.repeat(sizes, [min(s, num_active - i * pass_rows) for i, s in enumerate(sizes)])
-        ),
+        np.sort(passes["rows"][active]), np.sort(np.repeat(expected_sizes, expected_sizes))
     )
     np.testing.assert_array_equal(passes["rows"][~active], 0)
     # Reverse-mode differentiable (a scan over the passes).
@@ -89,6 +86,37 @@ def test_passes_of_at_most_pass_rows_equal_one_pass(num_active):
     np.testing.assert_allclose(grad, np.where(active[:, None], 2 * np.asarray(x), 0.0), rtol=1e-6)
     with pytest.raises(ValueError, match="pass_rows"):
         run(jnp.asarray(active), 0)
+
+
+def _fewest_rows(left: int, sizes: tuple[int, ...], overhead: int) -> int:
+    """Brute force: the least ``rows + overhead * passes`` that covers ``left`` rows."""
+    best = {0: 0}
+    for n in range(1, left + 1):
+        best[n] = min(s + overhead + best[max(n - s, 0)] for s in sizes)
+    return best[left]
+
+
+@pytest.mark.parametrize("sizes", [(2, 8, 32, 64, 128), (1, 3, 5), (7,), (8, 32, 125, 128)])
+@pytest.mark.parametrize("overhead", [0, 4])
+def test_pass_plan_is_cheapest_and_covers_every_row(sizes, overhead):
+    batch = 300
+    choice, passes = compaction.pass_plan(batch, sizes, overhead)
+    most = 0
+    for left in range(1, batch + 1):
+        plan, n = [], left
+        while n > 0:
+            plan.append(sizes[choice[n]])
+            n -= plan[-1]
+        most = max(most, len(plan))
+        assert sum(plan) >= left and sum(plan) - plan[-1] < left  # every pass has active rows
+        assert sum(plan) + overhead * len(plan) == _fewest_rows(left, sizes, overhead)
+    assert passes == most
+    choice, _ = compaction.pass_plan(500, (2, 8, 32, 64, 128))
+    plan, n = [], 232  # the robust points of a 500-point AutoAttack batch after APGD-CE
+    while n > 0:
+        plan.append((2, 8, 32, 64, 128)[choice[n]])
+        n -= plan[-1]
+    assert plan == [128, 64, 32, 8]
 
 
 def test_bucket_sizes_and_bad_buckets():
