@@ -106,16 +106,16 @@ class Cascade(Attack):
 
     Shapes stay fixed: before each attack, the points that no earlier attack broke are gathered
     into the smallest static bucket of rows that holds them (``compaction.on_active``; ``buckets``
-    are fractions of the batch), the attack runs on that bucket only, and its results are
-    scattered back; once every point of the batch is broken the remaining attacks do not run. A
-    point counts as broken when the model misclassifies the returned ``x_adv`` (re-checked here,
-    not taken from the attack's own report). Points the model misclassifies already at ``x`` count
-    as broken from the start. ``y`` are labels (untargeted). With one key for the batch, an
-    attack's random draws for a point depend on the bucket it ran in; pass per-example keys
-    (``[B]``) to make every point's result independent of the others. ``pass_rows``: at most this
-    many rows per attack call (``compaction.on_active``); the default, ``"auto"``, is resolved when
-    the attack runs: passes of 128 rows on a CPU, one pass on an accelerator
-    (``compaction.default_pass_rows``).
+    are fractions of the batch, or of ``pass_rows``), the attack runs on that bucket only, and its
+    results are scattered back; once every point of the batch is broken the remaining attacks do
+    not run. A point counts as broken when the model misclassifies the returned ``x_adv``
+    (re-checked here, not taken from the attack's own report). Points the model misclassifies
+    already at ``x`` count as broken from the start. ``y`` are labels (untargeted). With one key
+    for the batch, an attack's random draws for a point depend on the bucket it ran in; pass
+    per-example keys (``[B]``) to make every point's result independent of the others.
+    ``pass_rows``: at most this many rows per attack call, each pass on the bucket
+    ``compaction.pass_plan`` picks; the default, ``"auto"``, is resolved when the attack runs:
+    passes of 128 rows on a CPU, one pass on an accelerator (``compaction.default_pass_rows``).
     """
 
     attacks: tuple[Attack, ...]
