@@ -13,7 +13,7 @@ With ``pass_rows`` the active rows are worked through in passes of at most that 
 bucket fractions are then fractions of ``pass_rows``, and ``pass_plan`` chooses each pass's bucket
 so that the rows run, plus ``PASS_OVERHEAD_ROWS`` for each pass, are fewest: 232 active rows with
 sizes (2, 8, 32, 64, 128) run as 128 + 64 + 32 + 8, where "one full pass, then the smallest bucket
-that holds the rest" ran 128 + 125 rows of a 500-point batch, 9% of them padding (APGD-T in
+that holds the rest" ran 128 + 125 rows of a 500-point batch, 8% of them padding (APGD-T in
 AutoAttack: results/autoattack_speed.md). On a CPU a pass costs about its rows, so passes are
 cheap there; on an accelerator large batches are cheaper per row, so ``default_pass_rows`` leaves
 passes off.
