@@ -421,7 +421,11 @@ def _check_against_torchattacks(torch, torchattacks):
     loss_t, best_t = atk.perturb(x_t, y_t, best_loss=True)
     x_init = jnp.asarray(start.numpy().transpose(0, 2, 3, 1))
     trace = _trace(apgd(eps), mlp_fn, variables, jnp.asarray(x), jnp.asarray(y), x_init)
-    np.testing.assert_allclose(trace.x_best, best_t.numpy().transpose(0, 2, 3, 1), atol=1e-5)
+    # The same best points and losses. A coordinate whose gradient is near zero takes its sign from
+    # float noise, which differs between CPUs (on an Intel Xeon, 1 of the 1,024 coordinates moved
+    # by 1e-4 with the loss equal to 3e-7): allow one such coordinate in a thousand.
+    off = np.abs(np.asarray(trace.x_best) - best_t.numpy().transpose(0, 2, 3, 1)) > 1e-5
+    assert off.mean() <= 1e-3, (off.sum(), np.nonzero(off.reshape(len(x), -1).any(1))[0])
     np.testing.assert_allclose(trace.loss_best, loss_t.numpy(), rtol=1e-5)
 
     adv_t = atk(x_t, y_t)
