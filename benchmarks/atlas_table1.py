@@ -35,9 +35,12 @@ import numpy as np  # noqa: E402
 from advjax.attacks import multitarget  # noqa: E402
 from advjax.eval import ThreatSettings, evaluate_suite, presets  # noqa: E402
 from advjax.eval.presets import Entry  # noqa: E402
-from advjax.eval.workdir import load_config, restore_variables  # noqa: E402
+from advjax.experiment import (  # noqa: E402
+    load_config,
+    load_split,  # noqa: E402
+    restore_variables,
+)
 from advjax.models import make_model_fn  # noqa: E402
-from advjax.train.loop import load_split  # noqa: E402
 
 EPS = 0.3
 
@@ -49,12 +52,12 @@ def suite(restarts: int, multi_restarts: int = 1, long_pgd: int = 1000) -> list:
         "clean",
         "pgd20",
         f"pgd{long_pgd}",
-        Entry("Un-T", "Un-T", un_t, {"norm": "linf", "eps": EPS, **presets._describe(un_t)}),
+        Entry("Un-T", "Un-T", un_t, {"norm": "linf", "eps": EPS, **presets.describe(un_t)}),
         Entry(
             "Multi-T",
             "Multi-T",
             multi_t,
-            {"norm": "linf", "eps": EPS, **presets._describe(multi_t)},
+            {"norm": "linf", "eps": EPS, **presets.describe(multi_t)},
         ),
     ]
 

@@ -54,7 +54,7 @@ from parity_torchattacks import load_model, load_model_and_twin, torch_attack  #
 from advjax.attacks import auto_attack, combinators, compaction  # noqa: E402
 from advjax.attacks.base import split_keys  # noqa: E402
 
-NAMES = ("apgd-ce", "apgd-t", "fab-t", "square")
+NAMES = auto_attack.COMPONENTS["standard"]  # apgd_ce, apgd_t, fab_t, square
 
 
 class Tally(NamedTuple):

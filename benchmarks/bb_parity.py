@@ -32,7 +32,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from advjax.attacks import BrendelBethge, pgd  # noqa: E402
+from advjax.attacks import brendel_bethge, pgd  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
     )
     x = jnp.asarray(test.images, jnp.float32) / 255.0
     y = jnp.asarray(test.labels, jnp.int32)
-    ours = BrendelBethge(steps=args.steps)
+    ours = brendel_bethge(steps=args.steps)
     start_attack = pgd(ours.init_eps, ours.init_eps / 2, ours.init_steps, unroll=False)
     run = jax.jit(ours.run, static_argnums=0)
     run_start = jax.jit(start_attack.run, static_argnums=0)

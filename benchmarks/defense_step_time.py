@@ -29,20 +29,23 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from advjax import defenses  # noqa: E402
-from advjax.train.loop import build_model, initial_state  # noqa: E402
-from advjax.train.step import make_mesh, replicate, shard_batch, sharded_train_step  # noqa: E402
+from advjax.experiment import build_model, initial_state  # noqa: E402
+from advjax.sharding import make_mesh, replicate, shard_batch  # noqa: E402
+from advjax.train.step import sharded_train_step  # noqa: E402
 from configs import mnist  # noqa: E402
 
 
 def time_variant(variant: str, steps: int, batch_size: int, model_name: str | None = None) -> float:
     config = mnist.get_config(variant)
-    config.defense.eps_warmup_epochs = 0
+    if "eps_warmup_epochs" in config.defense:  # full budget from the first step
+        del config.defense["eps_warmup_epochs"]
     if model_name:
         config.model.name = model_name
     model = build_model(config)
-    state, tx, schedule = initial_state(config, model, (28, 28, 1), steps_per_epoch_=100)
+    defense = defenses.for_model(defenses.build(config.defense, 100), model)
+    state, tx, schedule = initial_state(config, model, (28, 28, 1), 100, defense.init_state())
     mesh = make_mesh()
-    step = sharded_train_step(model, defenses.get_defense(config.defense, 100), tx, schedule, mesh)
+    step = sharded_train_step(model, defense, tx, schedule, mesh)
     rng = np.random.default_rng(0)
     devices = jax.local_device_count()
     batch = {  # [local_devices, per_device, ...] as advjax.data yields batches

@@ -57,7 +57,7 @@ def parse_args(argv=None):
 
 def load_model(workdir: str, image_shape):
     if workdir:
-        from advjax.eval.workdir import load_config, restore_variables
+        from advjax.experiment import load_config, restore_variables
 
         config = load_config(workdir)
         model, variables, info = restore_variables(config, workdir, "best", image_shape)

@@ -63,9 +63,8 @@ def torch_attack(name: str, model, eps: float, step: float, seed: int):
 def load_model(workdir: str, checkpoint: str, num_examples: int, data_dir):
     """The workdir's config, ``model_fn``, variables and checkpoint info, and the first
     ``num_examples`` test points; imports no PyTorch."""
-    from advjax.eval.workdir import load_config, restore_variables
+    from advjax.experiment import load_config, load_split, restore_variables
     from advjax.models import make_model_fn
-    from advjax.train.loop import load_split
 
     config = load_config(workdir)
     test = load_split(config, "test", data_dir)

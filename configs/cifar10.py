@@ -24,37 +24,22 @@ from __future__ import annotations
 import ml_collections
 
 from configs import common
+from configs.common import fgsm_rs, pgd
 
-VARIANTS = ("natural", "pgd_at", "fast_at")
+EPS = 8 / 255
 
-
-def get_config(arg: str = "fast_at") -> ml_collections.ConfigDict:
-    if arg not in VARIANTS:
-        raise ValueError(f"unknown variant {arg!r}; valid variants: {', '.join(VARIANTS)}")
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.data = dict(name="cifar10", source="auto", data_dir="", num_validation=1000, augment=True)
-    c.model = (
-        dict(name="wide_resnet", depth=34, width=10)
-        if arg == "pgd_at"
-        else dict(name="preact_resnet18")
-    )
-
-    eps = 8 / 255
-    c.defense = dict(
-        name=arg, eps=eps, norm="linf", step_size=10 / 255, steps=1, eps_warmup_epochs=0
-    )
-    if arg == "pgd_at":
-        c.defense.update(step_size=2 / 255, steps=10)
-
-    c.train = dict(
-        epochs={"natural": 30, "fast_at": 15, "pgd_at": 200}[arg],
+BASE = dict(
+    seed=0,
+    data=dict(name="cifar10", source="auto", data_dir="", num_validation=1000, augment=True),
+    model=dict(name="preact_resnet18"),
+    train=dict(
+        epochs=30,
         batch_size=128,
         optimizer="sgd",
         momentum=0.9,
         nesterov=False,
-        learning_rate={"natural": 0.1, "fast_at": 0.2, "pgd_at": 0.1}[arg],
-        schedule={"natural": "cosine", "fast_at": "cyclic", "pgd_at": "piecewise"}[arg],
+        learning_rate=0.1,
+        schedule="cosine",
         warmup_epochs=1,
         peak_fraction=0.4,
         decay_epochs=(100, 150),
@@ -64,16 +49,16 @@ def get_config(arg: str = "fast_at") -> ml_collections.ConfigDict:
         checkpoint_every_steps=1000,
         keep_checkpoints=2,
         progress=True,
-    )
-    c.validation = dict(
-        attack=dict(name="pgd", eps=eps, step_size=2 / 255, steps=10, restarts=1),
+    ),
+    validation=dict(
+        attack=dict(name="pgd", eps=EPS, step_size=2 / 255, steps=10),
         num_examples=1000,
         batch_size=500,
         every_epochs=1,
-        metric="val_clean_accuracy" if arg == "natural" else "val_robust_accuracy",
-    )
+        metric="val_robust_accuracy",
+    ),
     # `python -m launch.evaluate`: names from advjax.eval.presets, comma-separated.
-    c.evaluate = dict(
+    evaluate=dict(
         suite="clean,pgd20",
         norm="linf",
         eps="8/255",  # exact fraction, not 0.031
@@ -84,6 +69,28 @@ def get_config(arg: str = "fast_at") -> ml_collections.ConfigDict:
         checkpoint="best",
         checks=True,
         check_examples=200,
-    )
-    c.distributed = common.distributed()
-    return c
+    ),
+    # ensemble.members > 1 trains that many copies of the model in one step (advjax.models.Ensemble;
+    # combine: "probabilities", the thesis's average of softmax outputs, or "logits").
+    ensemble=dict(members=1, combine="probabilities"),
+    distributed=common.distributed(),
+)
+
+VARIANTS: dict[str, dict] = {
+    "natural": dict(defense=dict(name="natural"), validation=dict(metric="val_clean_accuracy")),
+    "fast_at": dict(
+        defense=dict(name="fast_at", attack=fgsm_rs(EPS, step_size=10 / 255)),
+        train=dict(epochs=15, learning_rate=0.2, schedule="cyclic"),
+    ),
+    "pgd_at": dict(
+        model=dict(name="wide_resnet", depth=34, width=10),
+        defense=dict(name="pgd_at", attack=pgd(EPS, 2 / 255, 10)),
+        train=dict(epochs=200, schedule="piecewise"),
+    ),
+}
+
+
+def get_config(arg: str = "fast_at") -> ml_collections.ConfigDict:
+    if arg not in VARIANTS:
+        raise ValueError(f"unknown variant {arg!r}; valid variants: {', '.join(VARIANTS)}")
+    return ml_collections.ConfigDict(common.merge(BASE, VARIANTS[arg]))

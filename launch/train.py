@@ -11,10 +11,11 @@ from advjax import host
 host.configure()  # malloc and XLA:CPU settings, before JAX starts; see advjax/host.py
 
 # ruff: noqa: E402
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from advjax.train.loop import train_and_evaluate
+from advjax.experiment import train_and_evaluate
+from launch import console
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
@@ -24,7 +25,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.INFO)
+    console.configure()
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -1,7 +1,8 @@
 """Writes a PNG grid of clean vs adversarial test images, one row per attack (SRT Figure 1).
 
     python -m launch.visualize --workdir=workdirs/mnist_natural \
-        --attacks=rand_adv,grid_adv,grid_adv_t,grid_adv_r,flow,affine,spatial --num_examples=8
+        --attacks=rand_adv,grid_adv,grid_adv_t,grid_adv_r,flow_pgd,affine_pgd,integrated_spatial \
+        --num_examples=8
 
 Row 1 is the clean images; each further row is one attack's adversarial examples on the same
 images (attack names from ``advjax.eval.presets``, resolved with the config's ``evaluate`` threat
@@ -25,13 +26,15 @@ from absl import app, flags
 
 from advjax.analysis import image_grid, write_png
 from advjax.eval import presets
-from advjax.eval.workdir import load_config, restore_variables, threat_settings
+from advjax.experiment import load_config, load_split, restore_variables, threat_settings
 from advjax.models import make_model_fn
-from advjax.train.loop import load_split
+from launch import console
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints).")
 _ATTACKS = flags.DEFINE_string(
-    "attacks", "rand_adv,grid_adv,flow,affine,spatial", "Comma-separated attack names."
+    "attacks",
+    "rand_adv,grid_adv,flow_pgd,affine_pgd,integrated_spatial",
+    "Comma-separated attack names (presets).",
 )
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 8, "Images per row (the first test images).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "best, latest or a step (default: config).")
@@ -106,6 +109,7 @@ def visualize(
 
 
 def main(argv):
+    console.configure()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     names = [a.strip() for a in _ATTACKS.value.split(",") if a.strip()]

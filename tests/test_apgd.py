@@ -160,7 +160,7 @@ def test_step_size_halves_exactly_at_the_checkpoints():
     [
         (apgd(0.5, norm="l2"), 1e-4),
         (apgd(1.0, norm="l1"), 2e-2),
-        (apgd(1.0, norm="l1", use_largereps=True, n_iter=50), 2e-2),
+        (apgd(1.0, norm="l1", use_largereps=True, steps=50), 2e-2),
     ],
     ids=["l2", "l1", "l1_largereps"],
 )
@@ -222,7 +222,7 @@ def test_apgd_at_least_as_strong_as_pgd_on_a_cnn():
     eps, n_iter = 0.1, 50
     x0 = jnp.clip(x + _uniform(12, x.shape, -eps, eps), 0.0, 1.0)  # the same start for both
     pgd_best = _pgd_best_loss(cnn_fn, variables, x, y, x0, eps, n_iter)
-    trace = _trace(apgd(eps, n_iter=n_iter), cnn_fn, variables, x, y, x0)
+    trace = _trace(apgd(eps, steps=n_iter), cnn_fn, variables, x, y, x0)
     # The best CE over the iterates, per example: APGD never lower, and higher on average.
     assert bool(jnp.all(trace.loss_best >= pgd_best)), (trace.loss_best, pgd_best)
     assert float(jnp.mean(trace.loss_best / pgd_best)) > 1.005
@@ -236,7 +236,7 @@ def test_apgd_t_targets_success_and_per_example_keys():
     order = np.argsort(-np.asarray(logits), axis=1)
     np.testing.assert_array_equal(apgd_targets(logits, 3), order[:, 1:4])
 
-    attack = apgd_t(0.05, n_iter=10, n_target_classes=3, n_restarts=2)
+    attack = apgd_t(0.05, steps=10, num_targets=3, restarts=2)
     keys = jax.random.split(KEY, 6)
     result = _run(attack, linear_model_fn, variables, x, y, keys)
     fooled = jnp.argmax(linear_model_fn(variables, result.x_adv), -1) != y
@@ -261,7 +261,7 @@ def test_jit_matches_no_jit_and_no_recompilation():
     variables = _linear10()
     x = _uniform(4, (3, 8, 8, 1), 0.2, 0.8)
     y = jnp.argmax(linear_model_fn(variables, x), -1)
-    attack = apgd(0.1, norm="l2", n_iter=3)
+    attack = apgd(0.1, norm="l2", steps=3)
     eager = attack.run(linear_model_fn, variables, x, y, KEY)
     jitted = _run(attack, linear_model_fn, variables, x, y, KEY)
     for a, b in zip(eager, jitted, strict=True):
@@ -305,7 +305,7 @@ def test_eot_averages_gradients_over_model_draws():
     assert float(jnp.max(jnp.abs(grads[0] - grads[1]))) > 1e-3  # the draws do differ
 
     # With per-example keys every example draws its own model noise: batch independent.
-    attack = apgd(0.05, n_iter=5, eot_iter=3)
+    attack = apgd(0.05, steps=5, eot_samples=3)
     keys = jax.random.split(KEY, 4)
     result = _run(attack, noisy_linear_fn, variables, x, y, keys)
     perm = np.array([2, 0, 3, 1])
@@ -313,7 +313,7 @@ def test_eot_averages_gradients_over_model_draws():
     np.testing.assert_allclose(permuted.x_adv, result.x_adv[perm], atol=1e-6)
     assert bool(jnp.all(LpBall("linf", 0.05).contains(result.x_adv, x)))
     with pytest.raises(TypeError, match="dict variables"):
-        apgd(0.05, n_iter=2, eot_iter=2).run(lambda v, z: z[:, 0, 0, :], [1.0], x, y, KEY)
+        apgd(0.05, steps=2, eot_samples=2).run(lambda v, z: z[:, 0, 0, :], [1.0], x, y, KEY)
 
 
 def test_bad_arguments_give_clear_errors():
@@ -327,46 +327,46 @@ def test_bad_arguments_give_clear_errors():
         apgd(0.1, loss="margin")
     with pytest.raises(ValueError, match="valid losses: dlr, ce"):
         apgd_t(0.1, loss="kl")
-    for name in ("n_iter", "n_restarts", "eot_iter"):
+    for name in ("steps", "restarts", "eot_samples"):
         with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
             apgd(0.1, **{name: 0})
-    with pytest.raises(ValueError, match="n_iter must be a positive integer"):
-        apgd(0.1, n_iter=2.5)
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        apgd(0.1, steps=2.5)
     with pytest.raises(ValueError, match="rho must be in"):
         apgd(0.1, rho=1.5)
     with pytest.raises(ValueError, match="L1 norm only"):
         apgd(0.1, use_largereps=True)
-    with pytest.raises(ValueError, match="n_target_classes must be a positive integer"):
-        apgd_t(0.1, n_target_classes=0)
+    with pytest.raises(ValueError, match="num_targets must be a positive integer"):
+        apgd_t(0.1, num_targets=0)
 
     variables = _linear10()
     x = _uniform(0, (2, 8, 8, 1))
     y = jnp.array([1, 2])
     with pytest.raises(ValueError, match="integer labels"):
-        apgd(0.1, n_iter=2).run(linear_model_fn, variables, x, y.astype(jnp.float32), KEY)
+        apgd(0.1, steps=2).run(linear_model_fn, variables, x, y.astype(jnp.float32), KEY)
     with pytest.raises(ValueError, match="at least 11 classes"):
-        apgd_t(0.1, n_iter=2, n_target_classes=10).run(linear_model_fn, variables, x, y, KEY)
+        apgd_t(0.1, steps=2, num_targets=10).run(linear_model_fn, variables, x, y, KEY)
     two = {"w": variables["w"][:, :2], "b": variables["b"][:2]}
     with pytest.raises(ValueError, match="at least 3 classes"):
-        apgd(0.1, loss="dlr", n_iter=2).run(linear_model_fn, two, x, y, KEY)
+        apgd(0.1, loss="dlr", steps=2).run(linear_model_fn, two, x, y, KEY)
     with pytest.raises(ValueError, match="NCHW"):
-        apgd(0.1, n_iter=2).run(linear_model_fn, variables, jnp.zeros((2, 1, 8, 8)), y, KEY)
+        apgd(0.1, steps=2).run(linear_model_fn, variables, jnp.zeros((2, 1, 8, 8)), y, KEY)
 
 
 def test_factories_and_scaled():
     attack = apgd(8 / 255)
     assert isinstance(attack, APGD)
-    assert (attack.norm, attack.loss, attack.n_iter, attack.n_restarts, attack.rho) == (
+    assert (attack.norm, attack.loss, attack.steps, attack.restarts, attack.rho) == (
         "linf",
         "ce",
         100,
         1,
         0.75,
     )
-    assert attack.eot_iter == 1 and hash(attack) == hash(apgd(8 / 255))
+    assert attack.eot_samples == 1 and hash(attack) == hash(apgd(8 / 255))
     targeted = apgd_t(0.5, norm="l2")
     assert isinstance(targeted, APGDTargeted)
-    assert (targeted.loss, targeted.n_target_classes, targeted.n_iter) == ("dlr", 9, 100)
+    assert (targeted.loss, targeted.num_targets, targeted.steps) == ("dlr", 9, 100)
     assert attack.scaled(2.0) == apgd(16 / 255)
     assert targeted.scaled(0.5).eps == 0.25
 

@@ -177,7 +177,7 @@ def test_bad_inputs_give_clear_errors(linear_model, images):
     with pytest.raises(ValueError, match="valid norms"):
         attacks.pgd(0.1, 0.01, 1, norm="linf2")
     with pytest.raises(ValueError, match="valid attacks: .*pgd"):
-        attacks.get_attack("deepfool")
+        attacks.build({"name": "deepfool"})
     with pytest.raises(ValueError, match="NCHW"):
         attacks.fgsm(0.1)(model_fn, variables, jnp.zeros((2, 1, 8, 8)), y[:2], jax.random.key(0))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):

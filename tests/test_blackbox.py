@@ -112,7 +112,9 @@ def _square_fn(norm, n_queries, n_restarts=1, rescale_schedule=True):
     Each configuration must be traced only once (``chex.assert_max_traces``) whatever the images,
     labels, keys and radius of the call.
     """
-    attack = square(1.0, norm, n_queries, n_restarts=n_restarts, rescale_schedule=rescale_schedule)
+    attack = square(
+        1.0, n_queries, norm=norm, restarts=n_restarts, rescale_schedule=rescale_schedule
+    )
 
     def run(variables, x, y, keys, eps):
         return attack.scaled(eps).run_with_queries(watched_linear, variables, x, y, keys)
@@ -241,13 +243,13 @@ def test_square_jit_matches_no_jit(linear_model):
     jitted, q_jitted = _run_square(
         linear_model, x, y, 4, 0.01, n_queries=40, n_restarts=2, rescale_schedule=False
     )
-    attack = square(0.01, n_queries=40, n_restarts=2, rescale_schedule=False)
+    attack = square(0.01, steps=40, restarts=2, rescale_schedule=False)
     eager, q_eager = attack.run_with_queries(watched_linear, linear_model[1], x, y, _keys(4))
     np.testing.assert_array_equal(eager.x_adv, jitted.x_adv)
     np.testing.assert_array_equal(q_eager, q_jitted)
     # L2 (default schedule): a traced and a constant radius round differently and the random
     # search amplifies last-bit differences, so compare at the same constant radius.
-    attack = square(0.08, "l2", n_queries=30)
+    attack = square(0.08, steps=30, norm="l2")
     key = jax.random.key(4)
     eager = attack.run(linear_model_fn, linear_model[1], x, y, key)
     jitted = jax.jit(attack.run, static_argnums=0)(linear_model_fn, linear_model[1], x, y, key)
@@ -289,7 +291,7 @@ def test_square_matches_torchattacks_success_rate():
     peer_rate = float((net(adv).argmax(1) != y_t).float().mean())
     torch.set_num_threads(threads)
     variables = {"w1": w1, "w2": w2}
-    ours = square(eps, n_queries=budget).run(mlp_fn, variables, x, y, jax.random.key(0))
+    ours = square(eps, steps=budget).run(mlp_fn, variables, x, y, jax.random.key(0))
     rate = float(np.mean(ours.success))
     assert 0.2 < peer_rate < 0.8, peer_rate  # the comparison is informative at this budget
     assert peer_rate - 0.1 <= rate <= peer_rate + 0.15, (rate, peer_rate)
@@ -369,7 +371,7 @@ def test_rays_succeeds_below_the_closed_form_distance_and_fails_above(linear_mod
 def test_rays_jit_matches_no_jit_without_retracing_and_targeted(linear_model):
     x, y = _batch(linear_model)
     variables = linear_model[1]
-    attack = rays(0.02, n_queries=300)
+    attack = rays(0.02, steps=300)
 
     @jax.jit
     @chex.assert_max_traces(n=1)
@@ -385,7 +387,7 @@ def test_rays_jit_matches_no_jit_without_retracing_and_targeted(linear_model):
         run(variables, x + 0.01 * i, (y + i) % 10, jax.random.key(i))
 
     targets = (y + 1) % 10
-    result = rays(0.3, n_queries=300, targeted=True).run(
+    result = rays(0.3, steps=300, targeted=True).run(
         linear_model_fn, variables, x, targets, jax.random.key(0)
     )
     pred = _np_logits(variables, result.x_adv).argmax(1)
@@ -449,20 +451,20 @@ def test_bad_hyperparameters_and_inputs_give_clear_errors(linear_model, images):
         square(0.1, loss="dlr")
     with pytest.raises(ValueError, match="eps must be >= 0"):
         square(-0.1)
-    with pytest.raises(ValueError, match="n_queries must be >= 0"):
-        square(0.1, n_queries=-5)
-    with pytest.raises(ValueError, match="n_restarts must be a positive integer"):
-        square(0.1, n_restarts=0)
+    with pytest.raises(ValueError, match="steps must be >= 0"):
+        square(0.1, steps=-5)
+    with pytest.raises(ValueError, match="restarts must be a positive integer"):
+        square(0.1, restarts=0)
     with pytest.raises(ValueError, match=r"p_init must be in \(0, 1\]"):
         square(0.1, p_init=1.5)
     with pytest.raises(ValueError, match="integer labels"):
-        square(0.1, n_queries=1).run(model_fn, variables, x, y.astype(float), jax.random.key(0))
+        square(0.1, steps=1).run(model_fn, variables, x, y.astype(float), jax.random.key(0))
     with pytest.raises(ValueError, match="NCHW"):
         square(0.1).run(model_fn, variables, jnp.zeros((2, 1, 8, 8)), y[:2], jax.random.key(0))
     with pytest.raises(ValueError, match="eps must be >= 0"):
         rays(-1.0)
-    with pytest.raises(ValueError, match="n_queries must be a positive integer"):
-        rays(0.1, n_queries=0)
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        rays(0.1, steps=0)
     with pytest.raises(ValueError, match="tol must be > 0"):
         rays(0.1, tol=0.0)
     with pytest.raises(ValueError, match="integer labels"):

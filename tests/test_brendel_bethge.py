@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from advjax import attacks
-from advjax.attacks.brendel_bethge import BrendelBethge, logit_difference, solve_linf_step
+from advjax.attacks.brendel_bethge import logit_difference, solve_linf_step
 
 solve = jax.jit(solve_linf_step)
 
@@ -82,7 +82,7 @@ def _linear_problem(n=12, side=6, classes=10, seed=0):
 def test_finds_the_analytic_minimum_linf_distance_of_a_linear_model():
     # Two classes: one hyperplane, so B&B's local boundary walk must reach the global minimum.
     model_fn, variables, x, y, exact = _linear_problem(classes=2)
-    run = jax.jit(BrendelBethge(steps=200).run, static_argnums=0)
+    run = jax.jit(attacks.brendel_bethge(steps=200).run, static_argnums=0)
     found = -run(model_fn, variables, x, y, jax.random.key(0)).loss
     np.testing.assert_allclose(found, exact, rtol=0.01)
 
@@ -91,7 +91,7 @@ def test_walks_to_the_nearest_point_of_the_class_boundary_it_follows():
     # Ten classes: the adversarial set is a union of half-spaces and B&B is a local method; it
     # ends on the nearest point of the boundary it walks along, never below the global minimum.
     model_fn, variables, x, y, exact = _linear_problem(classes=10)
-    result = jax.jit(BrendelBethge(steps=200).run, static_argnums=0)(
+    result = jax.jit(attacks.brendel_bethge(steps=200).run, static_argnums=0)(
         model_fn, variables, x, y, jax.random.key(0)
     )
     found = -result.loss
@@ -118,6 +118,6 @@ def test_budgeted_result_and_bad_arguments():
     np.testing.assert_array_equal(broken, result.success)
     assert float(jnp.max(jnp.abs(result.x_adv - x))) <= eps + 1e-6
     with pytest.raises(ValueError, match="overshoot"):
-        BrendelBethge(overshoot=2.5)
+        attacks.brendel_bethge(overshoot=2.5)
     with pytest.raises(ValueError, match="eps"):
-        BrendelBethge(eps=-0.1)
+        attacks.brendel_bethge(eps=-0.1)

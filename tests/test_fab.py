@@ -219,7 +219,7 @@ def _fab_on_linear(norm, targeted=True):
     variables, x, y = _linear_problem()
     optimum = _distances(variables, x, y, norm).min(axis=1)
     eps = float(np.median(optimum))  # some examples inside the budget, some outside
-    attack = (fab_t if targeted else fab)(eps, norm=norm, n_iter=10)
+    attack = (fab_t if targeted else fab)(eps, norm=norm, steps=10)
     result = jax.jit(attack.run, static_argnums=0)(
         linear_model_fn, variables, x, y, jax.random.key(0)
     )
@@ -282,7 +282,7 @@ def test_matches_torchattacks_multitargeted_fab_on_an_mlp(norm, torch):
         n_classes=10,
     )
     adv = attack(images, torch.tensor(np.asarray(y))).numpy().transpose(0, 2, 3, 1)
-    ours = jax.jit(fab_t(eps, norm, n_iter=30).run, static_argnums=0)(
+    ours = jax.jit(fab_t(eps, 30, norm=norm).run, static_argnums=0)(
         _mlp, variables, x, y, jax.random.key(0)
     )
     # Same targets, same deterministic iterations: the same points (x where beyond eps). (The
@@ -334,7 +334,7 @@ def test_targets_are_the_runner_up_classes_in_order():
     assert np.all(dist[:, 2] < 0.5 * dist[:, 1])
     for n_targets, expected in [(1, dist[:, 1]), (2, dist[:, 2])]:
         # Two targets run in parallel (vmap) and the nearer one is kept.
-        attack = fab_t(100.0, "l2", n_target_classes=n_targets, n_iter=10, parallel=n_targets > 1)
+        attack = fab_t(100.0, 10, norm="l2", num_targets=n_targets, parallel=n_targets > 1)
         result = jax.jit(attack.run, static_argnums=0)(
             linear_model_fn, variables, x, y, jax.random.key(0)
         )
@@ -345,7 +345,7 @@ def test_targets_are_the_runner_up_classes_in_order():
 def test_jit_eager_and_other_batches_agree_and_compile_once():
     variables, x, y = _linear_problem(6)
     y = y.at[0].set((y[0] + 1) % 10)  # misclassified already: success at zero distance
-    attack = fab_t(0.5, "l2", n_target_classes=2, n_iter=3, n_restarts=2)
+    attack = fab_t(0.5, 3, norm="l2", num_targets=2, restarts=2)
     keys = jax.random.split(jax.random.key(3), x.shape[0])
     chex.clear_trace_counter()
 
@@ -378,7 +378,9 @@ def test_jit_eager_and_other_batches_agree_and_compile_once():
 def test_random_restarts_start_inside_the_ball():
     _, x, _ = _linear_problem(4)
     keys = jax.random.split(jax.random.key(0), x.shape[0])
-    start = jax.jit(lambda k, x: [fab_t(0.05, n, n_restarts=2).random_start(k, x) for n in NORMS])
+    start = jax.jit(
+        lambda k, x: [fab_t(0.05, norm=n, restarts=2).random_start(k, x) for n in NORMS]
+    )
     both = zip(NORMS, start(keys, x), start(keys[::-1], x[::-1]), strict=True)
     for norm, starts, flipped in both:
         # at distance eps / 2 before clipping to the box (interior x: no clipping here)
@@ -394,19 +396,15 @@ def test_bad_arguments_give_clear_errors():
         fab_t(0.1, norm="l3")
     with pytest.raises(ValueError, match="eps must be >= 0"):
         fab_t(-0.1)
-    with pytest.raises(ValueError, match="n_iter must be an integer"):
-        fab_t(0.1, n_iter=2.5)
-    with pytest.raises(ValueError, match="n_restarts must be an integer >= 1"):
-        fab_t(0.1, n_restarts=0)
+    with pytest.raises(ValueError, match="steps must be an integer"):
+        fab_t(0.1, steps=2.5)
+    with pytest.raises(ValueError, match="restarts must be an integer >= 1"):
+        fab_t(0.1, restarts=0)
     with pytest.raises(ValueError, match="alpha_max"):
         fab_t(0.1, alpha_max=1.5)
     with pytest.raises(ValueError, match="beta"):
         fab_t(0.1, beta=0.0)
     with pytest.raises(ValueError, match="at most the number of classes minus one"):
-        fab_t(0.1, n_target_classes=10, n_iter=1).run(
-            linear_model_fn, variables, x, y, jax.random.key(0)
-        )
+        fab_t(0.1, 1, num_targets=10).run(linear_model_fn, variables, x, y, jax.random.key(0))
     with pytest.raises(ValueError, match="integer labels"):
-        fab_t(0.1, n_iter=1).run(
-            linear_model_fn, variables, x, y.astype(jnp.float32), jax.random.key(0)
-        )
+        fab_t(0.1, 1).run(linear_model_fn, variables, x, y.astype(jnp.float32), jax.random.key(0))

@@ -45,7 +45,7 @@ def test_cw_l2_reaches_the_closed_form_distance():
     eps = float(np.median(optimum))
     # The distances here are small (0.02 - 0.15 over 64 pixels), so Adam needs a smaller step
     # than the default 0.01 to resolve them.
-    attack = cw_l2(steps=200, learning_rate=1e-3, eps=eps)
+    attack = cw_l2(eps, step_size=1e-3, steps=200)
     result = jax.jit(attack.run, static_argnums=0)(
         linear_model_fn, variables, x, y, jax.random.key(0)
     )
@@ -85,7 +85,7 @@ def test_targeted_attacks_reach_the_target(attack):
 
 @pytest.mark.parametrize(
     "attack",
-    [cw_l2(steps=40, binary_search_steps=3, learning_rate=0.05), ddn(steps=10, levels=256)],
+    [cw_l2(step_size=0.05, steps=40, binary_search_steps=3), ddn(steps=10, levels=256)],
     ids=["cw_l2", "ddn"],
 )
 def test_jit_eager_and_other_batches_agree_and_compile_once(attack):

@@ -1,5 +1,6 @@
-"""Tests for advjax.models: shapes, features, BatchNorm modes, parameter counts, input checks,
-the registry, and the hashable model-function wrappers (DESIGN.md, "Contracts: Model function")."""
+"""Tests for advjax.models: shapes, named features, BatchNorm modes, parameter counts, input checks,
+the registry, and the hashable model-function wrappers (DESIGN.md, "Contracts: Model function" and
+"Ensembles and features")."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from advjax.models import (
     MODELS,
     FeatureFn,
+    Forward,
     MnistCNN4,
     MnistSmallCNN,
     ModelFn,
@@ -23,6 +25,7 @@ from advjax.models import (
     WideResNet,
     apply_train,
     check_images,
+    forward,
     get_model,
     init_variables,
     make_feature_fn,
@@ -30,15 +33,39 @@ from advjax.models import (
     param_count,
 )
 
-# name -> (input HWC, feature dim) for the registry defaults (WRN-28-10 has 64 * 10 features).
+# name -> (input HWC, {feature: shape without the batch axis}) for the registry defaults.
 CASES = {
-    "mnist_small": ((28, 28, 1), 1024),
-    "mnist_cnn4": ((28, 28, 1), 200),
-    "mnist_fast_at": ((28, 28, 1), 100),
-    "resnet20": ((32, 32, 3), 64),
-    "preact_resnet18": ((32, 32, 3), 512),
-    "wide_resnet": ((32, 32, 3), 640),
-}
+    "mnist_small": (
+        (28, 28, 1),
+        {"block1": (14, 14, 32), "block2": (7, 7, 64), "last_conv": (7, 7, 64),
+         "penultimate": (1024,)},
+    ),
+    "mnist_cnn4": (
+        (28, 28, 1),
+        {"block1": (12, 12, 32), "block2": (4, 4, 64), "last_conv": (4, 4, 64),
+         "penultimate": (200,)},
+    ),
+    "mnist_fast_at": (
+        (28, 28, 1),
+        {"block1": (14, 14, 16), "block2": (7, 7, 32), "last_conv": (7, 7, 32),
+         "penultimate": (100,)},
+    ),
+    "resnet20": (
+        (32, 32, 3),
+        {"stage1": (32, 32, 16), "stage2": (16, 16, 32), "stage3": (8, 8, 64),
+         "last_conv": (8, 8, 64), "penultimate": (64,)},
+    ),
+    "preact_resnet18": (
+        (32, 32, 3),
+        {"stage1": (32, 32, 64), "stage2": (16, 16, 128), "stage3": (8, 8, 256),
+         "stage4": (4, 4, 512), "last_conv": (4, 4, 512), "penultimate": (512,)},
+    ),
+    "wide_resnet": (  # WRN-28-10: 16k/32k/64k channels with k = 10
+        (32, 32, 3),
+        {"group1": (32, 32, 160), "group2": (16, 16, 320), "group3": (8, 8, 640),
+         "last_conv": (8, 8, 640), "penultimate": (640,)},
+    ),
+}  # fmt: skip
 HAS_BN = {"resnet20", "preact_resnet18", "wide_resnet"}
 
 
@@ -62,73 +89,267 @@ def test_cases_cover_registry():
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_output_and_feature_shapes(name):
     # Shapes through jax.eval_shape: full-size models, no compilation, no FLOPs.
-    shape, dim = CASES[name]
+    shape, feature_shapes = CASES[name]
     model = get_model(name)
+    assert type(model).feature_names == tuple(feature_shapes)
+    assert {"last_conv", "penultimate"} <= set(model.feature_names)
     variables = _abstract_variables(model, shape)
-    assert isinstance(variables, dict)
+    assert isinstance(variables, dict) and "intermediates" not in variables
     assert ("batch_stats" in variables) == (name in HAS_BN)
     x = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
+    expected = {k: (2, *v) for k, v in feature_shapes.items()}
     logits = jax.eval_shape(make_model_fn(model), variables, x)
     assert logits.shape == (2, 10) and logits.dtype == jnp.float32
+    logits = jax.eval_shape(make_model_fn(model, train=True), variables, x)
+    assert logits.shape == (2, 10)
     logits, features = jax.eval_shape(make_feature_fn(model), variables, x)
-    assert logits.shape == (2, 10) and features.shape == (2, dim)
-    (logits, features), stats = jax.eval_shape(
-        lambda v, x: apply_train(model, v, x, return_features=True), variables, x
-    )
-    assert logits.shape == (2, 10) and features.shape == (2, dim)
+    assert logits.shape == (2, 10) and features["penultimate"].shape == expected["penultimate"]
+    assert list(features) == ["penultimate"]
+    for train in (False, True):
+        out = jax.eval_shape(
+            lambda v, x, train=train: forward(
+                model, v, x, train=train, features=model.feature_names
+            ),
+            variables,
+            x,
+        )
+        assert isinstance(out, Forward) and out.logits.shape == (2, 10)
+        assert {k: v.shape for k, v in out.features.items()} == expected
+        assert all(v.dtype == jnp.float32 for v in out.features.values())
+        if train and name in HAS_BN:
+            chex.assert_trees_all_equal_shapes_and_dtypes(out.batch_stats, variables["batch_stats"])
+        else:
+            assert out.batch_stats == {}
+    logits, stats = jax.eval_shape(lambda v, x: apply_train(model, v, x), variables, x)
+    assert logits.shape == (2, 10)
     if name in HAS_BN:
         chex.assert_trees_all_equal_shapes_and_dtypes(stats, variables["batch_stats"])
     else:
         assert stats == {}
 
 
+def _dense(variables, name, z):
+    params = variables["params"][name]
+    return z @ params["kernel"] + params["bias"]
+
+
 @pytest.mark.parametrize(
-    "model",
-    [MnistCNN4(), ResNet20(depth=8), WideResNet(depth=10, width=1)],
+    ("model", "last_dense"),
+    [(MnistCNN4(), "fc3"), (ResNet20(depth=8), "fc"), (WideResNet(depth=10, width=1), "fc")],
     ids=["mnist_cnn4", "resnet8", "wrn10_1"],
 )
-def test_forward_values_and_batchnorm_modes(model):
+def test_forward_values_features_and_batchnorm_modes(model, last_dense):
     shape = (28, 28, 1) if isinstance(model, MnistCNN4) else (32, 32, 3)
     # One jit per model keeps CPU compile time low (eager mode compiles op by op).
     variables = jax.jit(lambda k: init_variables(model, k, shape))(_key())
     has_bn = "batch_stats" in variables
+    names = model.feature_names
 
     @jax.jit
     def run(variables, x):
-        logits = make_model_fn(model)(variables, x)
-        logits_again = make_model_fn(model)(variables, x)
-        logits_first = make_model_fn(model)(variables, x[:1])
-        logits_f, features = make_feature_fn(model)(variables, x)
-        train_out, new_stats = apply_train(model, variables, x, return_features=True)
-        _, eval_mutated = model.apply(variables, x, train=False, mutable=["batch_stats"])
-        return (
-            logits, logits_again, logits_first, logits_f, features, train_out, new_stats,
-            eval_mutated,
-        )  # fmt: skip
+        return dict(
+            logits=make_model_fn(model)(variables, x),
+            logits_again=make_model_fn(model)(variables, x),
+            logits_first=make_model_fn(model)(variables, x[:1]),
+            feature_fn=make_feature_fn(model, ("penultimate", "last_conv"))(variables, x),
+            eval=forward(model, variables, x, train=False, features=names),
+            train=forward(model, variables, x, train=True, features=names),
+            apply_train=apply_train(model, variables, x),
+            train_fn=make_model_fn(model, train=True)(variables, x),
+            train_fn_first=make_model_fn(model, train=True)(variables, x[:1]),
+            eval_mutated=model.apply(variables, x, train=False, mutable=["batch_stats"])[1],
+        )
 
     x = _images(shape, batch=4)
-    logits, logits_again, logits_first, logits_f, features, train_out, new_stats, eval_mutated = (
-        run(variables, x)
-    )
-    train_logits, train_features = train_out
+    before = jax.tree_util.tree_map(np.array, variables)
+    out = run(variables, x)
+    logits, ev, tr = out["logits"], out["eval"], out["train"]
     assert bool(jnp.all(jnp.isfinite(logits)))
-    np.testing.assert_allclose(logits_f, logits, rtol=1e-5, atol=1e-5)
-    assert train_logits.shape == (4, 10) and train_features.shape == features.shape
+    np.testing.assert_array_equal(ev.logits, logits)
+    assert ev.batch_stats == {}
+    # feature_fn: inference mode, exactly the requested names.
+    logits_f, features_f = out["feature_fn"]
+    assert list(features_f) == ["last_conv", "penultimate"]  # a pytree dict: sorted keys
+    np.testing.assert_array_equal(logits_f, logits)
+    np.testing.assert_array_equal(features_f["penultimate"], ev.features["penultimate"])
+    # The penultimate feature is the input of the last dense layer, in both modes.
+    for result in (ev, tr):
+        np.testing.assert_allclose(
+            _dense(variables, last_dense, result.features["penultimate"]),
+            result.logits,
+            rtol=1e-5,
+            atol=1e-5,
+        )
+    # ResNets: penultimate is the global average of last_conv.
+    if not isinstance(model, MnistCNN4):
+        for result in (ev, tr):
+            np.testing.assert_allclose(
+                result.features["last_conv"].mean(axis=(1, 2)),
+                result.features["penultimate"],
+                rtol=1e-5,
+                atol=1e-6,
+            )
+    # apply_train and make_model_fn(train=True) are forward(train=True).
+    np.testing.assert_array_equal(out["apply_train"][0], tr.logits)
+    chex.assert_trees_all_equal(out["apply_train"][1], tr.batch_stats)
+    np.testing.assert_array_equal(out["train_fn"], tr.logits)
     # Inference mode is deterministic and per-example (no batch dependence through BatchNorm).
-    np.testing.assert_array_equal(logits_again, logits)
-    np.testing.assert_allclose(logits_first, logits[:1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out["logits_again"], logits)
+    np.testing.assert_allclose(out["logits_first"], logits[:1], rtol=1e-5, atol=1e-5)
+    # Nothing changes the variables (make_model_fn(train=True) drops the statistics update).
+    chex.assert_trees_all_equal(jax.tree_util.tree_map(np.array, variables), before)
     if not has_bn:
-        assert new_stats == {} and eval_mutated == {}
-        np.testing.assert_allclose(train_logits, logits, rtol=1e-5, atol=1e-5)
+        assert tr.batch_stats == {} and out["eval_mutated"] == {}
+        np.testing.assert_allclose(tr.logits, logits, rtol=1e-5, atol=1e-5)
+        for name in names:
+            np.testing.assert_allclose(tr.features[name], ev.features[name], rtol=1e-5, atol=1e-5)
         return
-    # Training mode updates every running statistic and uses batch statistics ...
+    # Training mode updates every running statistic and uses batch statistics: its logits and
+    # features differ from inference mode and depend on the rest of the batch ...
     changed = jax.tree_util.tree_map(
-        lambda a, b: bool(jnp.any(a != b)), new_stats, variables["batch_stats"]
+        lambda a, b: bool(jnp.any(a != b)), tr.batch_stats, variables["batch_stats"]
     )
     assert all(jax.tree_util.tree_leaves(changed))
-    assert not np.allclose(train_logits, logits)
+    assert not np.allclose(tr.logits, logits)
+    assert not np.allclose(out["train_fn"], logits)  # make_model_fn: train=True != train=False
+    assert not np.allclose(out["train_fn_first"], out["train_fn"][:1], atol=1e-3)
+    for name in names:
+        assert not np.allclose(tr.features[name], ev.features[name]), name
     # ... while eval mode leaves them untouched.
-    chex.assert_trees_all_equal(eval_mutated["batch_stats"], variables["batch_stats"])
+    chex.assert_trees_all_equal(out["eval_mutated"]["batch_stats"], variables["batch_stats"])
+
+
+def test_train_mode_features_use_batch_statistics():
+    # Training mode normalises with the batch's own statistics: recovering them from the running
+    # update (momentum 0.9) and running inference mode with them reproduces the train features.
+    model = ResNet20(depth=8)
+    variables = jax.jit(lambda k: init_variables(model, k, (32, 32, 3)))(_key())
+    x = _images((32, 32, 3), batch=4)
+    names = ("stage3", "penultimate")
+
+    @jax.jit
+    def run(variables, x):
+        tr = forward(model, variables, x, train=True, features=names)
+        batch = jax.tree_util.tree_map(
+            lambda new, old: (new - 0.9 * old) / 0.1, tr.batch_stats, variables["batch_stats"]
+        )
+        ev = forward(model, {**variables, "batch_stats": batch}, x, train=False, features=names)
+        return tr, ev
+
+    tr, ev = run(variables, x)
+    # Flax normalises and updates with the same (biased) batch variance, so this is exact up to
+    # the rounding amplified by the division by 0.1.
+    for name in names:
+        np.testing.assert_allclose(tr.features[name], ev.features[name], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(tr.logits, ev.logits, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("model", "shape"),
+    [(MnistCNN4(), (28, 28, 1)), (ResNet20(depth=8), (32, 32, 3))],
+    ids=["mnist_cnn4", "resnet8"],
+)
+def test_features_cost_nothing_and_do_not_change_logits_or_gradients(model, shape):
+    variables = jax.jit(lambda k: init_variables(model, k, shape))(_key())
+    x = _images(shape, batch=3)
+    for train in (False, True):
+        # Without features the traced computation is the plain model's: sow is a no-op.
+        mutable = ["batch_stats"] if train else False
+        plain = jax.make_jaxpr(
+            lambda v, x, t=train, m=mutable: model.apply(v, x, train=t, mutable=m)
+        )
+        ours = jax.make_jaxpr(lambda v, x, t=train: forward(model, v, x, train=t))
+        assert str(ours(variables, x)) == str(plain(variables, x))
+
+    def loss(params, x, features):
+        out = forward(model, {**variables, "params": params}, x, train=True, features=features)
+        return jnp.sum(jax.nn.log_softmax(out.logits)[:, 0]), out.logits
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True), static_argnums=2)
+    (g_params, g_x), logits = grad(variables["params"], x, ())
+    (g_params_f, g_x_f), logits_f = grad(variables["params"], x, model.feature_names)
+    np.testing.assert_array_equal(logits_f, logits)
+    chex.assert_trees_all_equal(g_params_f, g_params)
+    np.testing.assert_array_equal(g_x_f, g_x)
+
+
+def test_unknown_feature_lists_recorded_names():
+    model = MnistCNN4()
+    variables = _abstract_variables(model, (28, 28, 1))
+    x = jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32)
+    with pytest.raises(ValueError) as err:
+        jax.eval_shape(
+            lambda v, x: forward(model, v, x, train=False, features=("fc1",)), variables, x
+        )
+    message = str(err.value)
+    assert "MnistCNN4 does not record the feature(s) 'fc1'" in message
+    for name in model.feature_names:
+        assert repr(name) in message
+    with pytest.raises(ValueError, match="'nope'"):
+        jax.eval_shape(make_feature_fn(model, ("penultimate", "nope")), variables, x)
+    # A bare string is one name; empty or repeated names are rejected.
+    assert make_feature_fn(model, "last_conv").features == ("last_conv",)
+    with pytest.raises(ValueError, match="twice"):
+        make_feature_fn(model, ("penultimate", "penultimate"))
+    with pytest.raises(TypeError, match="non-empty strings"):
+        make_feature_fn(model, ("",))
+
+
+class _PlainModel(nn.Module):
+    """A user model in the old convention: records nothing, takes an unused return_features."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, return_features: bool = False):
+        h = nn.relu(nn.Dense(8)(x.reshape(x.shape[0], -1)))
+        logits = nn.Dense(3)(h)
+        return (logits, h) if return_features else logits
+
+
+class _Head(nn.Module):
+    @nn.compact
+    def __call__(self, h):
+        self.sow("intermediates", "hidden", h)
+        return nn.Dense(3)(h)
+
+
+class _NestedModel(nn.Module):
+    """A user model that records one feature itself and one in a submodule."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        h = nn.relu(nn.Dense(8)(x.reshape(x.shape[0], -1)))
+        self.sow("intermediates", "embedding", h)
+        return _Head(name="head")(h)
+
+
+def test_user_models_with_and_without_recorded_features():
+    x = _images((4, 4, 1))
+    plain = _PlainModel()
+    variables = init_variables(plain, _key(), (4, 4, 1))
+    expected = plain.apply(variables, x)
+    np.testing.assert_array_equal(make_model_fn(plain)(variables, x), expected)
+    np.testing.assert_array_equal(make_model_fn(plain, train=True)(variables, x), expected)
+    logits, stats = apply_train(plain, variables, x)
+    np.testing.assert_array_equal(logits, expected)
+    assert stats == {}
+    out = forward(plain, variables, x, train=False)
+    np.testing.assert_array_equal(out.logits, expected)
+    assert out.features == {} and out.batch_stats == {}
+    with pytest.raises(ValueError, match="records none.*self.sow\\('intermediates'"):
+        forward(plain, variables, x, train=False, features="penultimate")
+
+    nested = _NestedModel()
+    variables = init_variables(nested, _key(), (4, 4, 1))
+    assert set(variables) == {"params"}  # init does not keep the recorded features
+    out = forward(nested, variables, x, train=True, features=("embedding", "head/hidden"))
+    np.testing.assert_array_equal(out.features["embedding"], out.features["head/hidden"])
+    assert out.features["embedding"].shape == (2, 8) and out.batch_stats == {}
+    with pytest.raises(ValueError, match="it records: 'embedding', 'head/hidden'"):
+        forward(nested, variables, x, train=False, features="hidden")
+    # A stale "intermediates" entry in variables is ignored rather than appended to.
+    _, state = nested.apply(variables, x, mutable=["intermediates"])
+    again = forward(nested, {**variables, **state}, x, train=False, features="embedding")
+    np.testing.assert_array_equal(again.features["embedding"], out.features["embedding"])
 
 
 def test_num_classes():
@@ -225,12 +446,23 @@ def test_model_fn_equality_and_hash():
     a, b = make_model_fn(MnistCNN4()), make_model_fn(MnistCNN4())
     assert isinstance(a, ModelFn) and a is not b
     assert a == b and hash(a) == hash(b)
+    assert a == ModelFn(MnistCNN4(), train=False) and not a.train
     assert make_model_fn(MnistCNN4(num_classes=5)) != a
-    assert make_feature_fn(MnistCNN4()) == make_feature_fn(MnistCNN4())
-    assert isinstance(make_feature_fn(MnistCNN4()), FeatureFn)
-    assert hash(make_feature_fn(MnistCNN4())) == hash(make_feature_fn(MnistCNN4()))
+    t1, t2 = make_model_fn(ResNet20(), train=True), make_model_fn(ResNet20(), train=True)
+    assert t1 == t2 and hash(t1) == hash(t2) and t1.train
+    assert t1 != make_model_fn(ResNet20())
+    f = make_feature_fn(MnistCNN4())
+    assert isinstance(f, FeatureFn) and f.features == ("penultimate",) and not f.train
+    assert f == make_feature_fn(MnistCNN4()) and hash(f) == hash(make_feature_fn(MnistCNN4()))
+    g = make_feature_fn(MnistCNN4(), ["last_conv", "penultimate"])  # a list becomes a tuple
+    assert g == make_feature_fn(MnistCNN4(), ("last_conv", "penultimate")) and hash(g) == hash(
+        FeatureFn(MnistCNN4(), ["last_conv", "penultimate"])
+    )
+    assert g != f and make_feature_fn(MnistCNN4(), train=True) != f
     with pytest.raises(TypeError, match="tuple"):
         make_model_fn(MnistCNN4(mean=[0.5]))
+    with pytest.raises(TypeError, match="tuple"):
+        make_feature_fn(MnistCNN4(mean=[0.5]))
 
 
 def test_model_fn_static_under_jit_single_trace():

@@ -36,6 +36,12 @@ def test_sharded_step_on_8_devices_equals_single_device():
     assert abs(result["loss8"] - result["loss1"]) < 1e-5, result
     # The evaluation suite: per-example keys and outcomes do not depend on the device count.
     assert result["suite_outcomes"] == 300 and result["suite_outcomes_differing"] == 0, result
+    # Defense state, updated from statistics pmean-ed over the devices: on 8 devices and on 1 it
+    # follows the NumPy recursion over the per-step (global-batch) losses for 20 steps. The two
+    # runs agree to float noise, which FGSM's sign amplifies over 20 steps (not bit for bit).
+    assert result["state_diff_8_vs_numpy"] < 1e-5 and result["final_state"] > 0.5, result
+    assert result["state_diff_1_vs_numpy"] < 1e-5, result
+    assert result["state_rel_diff_8_vs_1"] < 1e-2, result
 
 
 def _free_port() -> int:

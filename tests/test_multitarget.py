@@ -68,14 +68,16 @@ def closed_form(variables, x, y, eps):
 
 def test_defaults_come_from_atlas_and_thesis():
     unt = mt.untargeted(8 / 255)
-    assert isinstance(unt, attacks.Restarts) and unt.num_restarts == 10  # ATLAS Sec. 6
+    assert isinstance(unt, attacks.Restarts) and unt.restarts == 10  # ATLAS Sec. 6
     assert unt.attack.steps == 100 and unt.attack.loss == "margin"
     assert unt.attack.random_init and unt.attack.keep_best
     np.testing.assert_allclose(unt.attack.step_size, 2 / 255)  # thesis Sec. 3.6: eps / 4
     multi = mt.multitargeted(8 / 255)
     assert (multi.steps, multi.restarts, multi.num_targets) == (20, 5, None)
     np.testing.assert_allclose(multi.step_size, 2 / 255)
-    assert multi == mt.multitargeted(8 / 255, 2 / 255, 20, "linf", None, 5)
+    assert multi == mt.multitargeted(
+        8 / 255, 2 / 255, 20, norm="linf", num_targets=None, restarts=5
+    )
     assert mt.multitargeted(0.5, norm="l2").threat == LpBall("l2", 0.5)
     hash(multi)
 
@@ -145,7 +147,7 @@ def test_multitargeted_equals_a_loop_of_targeted_pgd(mlp):
     @jax.jit
     def targeted_pgd(targets, key):
         loss = functools.partial(mt.targeted_margin, targets=targets)
-        pgd = attacks.GradientAttack(LpBall("linf", EPS), STEP, 3, loss, unroll=1)
+        pgd = attacks.pgd(EPS, STEP, 3, loss=loss, unroll=1)
         return attacks.restarts(pgd, 2).run(mlp_fn, variables, x, y, key)
 
     best = targeted_pgd(targets[0], keys[0])
@@ -166,7 +168,7 @@ def test_never_weaker_than_untargeted_with_the_same_budget(linear_problem):
     multi = mt.multitargeted(LIN_EPS, LIN_STEP, LIN_STEPS, restarts=1, unroll=1)
     others = (
         mt.untargeted(LIN_EPS, LIN_STEP, LIN_STEPS, restarts=1, unroll=1),
-        attacks.GradientAttack(LpBall("linf", LIN_EPS), LIN_STEP, LIN_STEPS, unroll=1),  # CE PGD
+        attacks.pgd(LIN_EPS, LIN_STEP, LIN_STEPS, unroll=1),  # CE PGD
     )
 
     @jax.jit

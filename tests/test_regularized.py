@@ -1,4 +1,4 @@
-"""Regularised objectives: TRADES, MART, zero-step JAC, ATLAS (-l, -g), TradesJac.
+"""Regularised objectives: TRADES, MART, zero-step JAC, ATLAS (-l, -g), TradesJac, KLR.
 
 Values are checked against NumPy on a one-hidden-layer tanh MLP whose Jacobian has a closed form,
 ``J_b = W2^T diag(1 - h_b^2) W1^T``; the Jacobian-norm estimator against ``jax.jacrev``.
@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from advjax import attacks, defenses, losses
-from advjax.defenses import regularized
+from advjax.defenses import core
 from advjax.models import apply_train, init_variables, make_model_fn
 
 K = 5  # classes
@@ -92,8 +92,8 @@ def np_bce(z, y):
 
 def np_jac_estimate(variables, x, keys, num_projections):
     """``K ||v_b^T J_b||^2`` with the defense's documented projection keys and vectors."""
-    jac_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, regularized._JACOBIAN_KEY)
-    v = np.asarray(regularized.projection_vectors(jac_keys, K, num_projections), np.float64)
+    jac_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, core.JACOBIAN_KEY)
+    v = np.asarray(defenses.projection_vectors(jac_keys, K, num_projections), np.float64)
     vj = np.einsum("pbk,bkd->pbd", v, np_jacobians(variables, x))
     return K * np.mean(np.sum(vj**2, -1), 0)
 
@@ -123,19 +123,21 @@ def np_objective(name, variables, x, x_adv, y, alpha, beta, kl_base, keys, num_p
 
 # -- Objective values --------------------------------------------------------------------------
 
+ONE_STEP = dict(name="fgsm_rs", eps=EPS)  # step 1.25 eps
+PGD3 = dict(name="pgd", eps=EPS, step_size=0.04, steps=3, keep_best=False)
 CASES = {
-    # name: (config fields, expected KL base)
-    "trades": (dict(name="trades", beta=2.0, steps=3, step_size=0.04), "clean"),
-    "trades_adv_base": (dict(name="trades", beta=2.0, kl_base="adv"), "adv"),
-    "mart": (dict(name="mart", beta=2.0, steps=3, step_size=0.04), "clean"),
-    "mart_thesis": (dict(name="mart", beta=2.0, mart_variant="thesis"), "clean"),
+    # name: (defense spec, expected KL base); build() gives KL adversaries their KL loss.
+    "trades": (dict(name="trades", beta=2.0, attack=PGD3), "clean"),
+    "trades_adv_base": (dict(name="trades", beta=2.0, kl_base="adv", attack=ONE_STEP), "adv"),
+    "mart": (dict(name="mart", beta=2.0, attack=PGD3), "clean"),
+    "mart_thesis": (dict(name="mart", beta=2.0, variant="thesis", attack=ONE_STEP), "clean"),
     "jac": (dict(name="jac", alpha=0.5), None),
-    "atlas": (dict(name="atlas", alpha=0.5, beta=2.0, num_projections=3), "adv"),
-    "atlas_l": (dict(name="atlas_l", alpha=0.5), None),
-    "atlas_g": (dict(name="atlas_g", beta=2.0, steps=3, step_size=0.04), "adv"),
-    "trades_jac": (dict(name="trades_jac", alpha=0.5, beta=2.0), "clean"),
+    "atlas": (dict(name="atlas", alpha=0.5, beta=2.0, num_projections=3, attack=ONE_STEP), "adv"),
+    "atlas_l": (dict(name="atlas_l", alpha=0.5, attack=ONE_STEP), None),
+    "atlas_g": (dict(name="atlas_g", beta=2.0, attack=PGD3), "adv"),
+    "trades_jac": (dict(name="trades_jac", alpha=0.5, beta=2.0, attack=ONE_STEP), "clean"),
     # KLR: TRADES whose adversary is a spatial worst-of-k search maximising the same KL.
-    "klr": (dict(name="klr", beta=2.0, attack=dict(name="worst_of_k", k=4)), "clean"),
+    "klr": (dict(name="klr", beta=2.0, attack=dict(name="worst_of_k", steps=4)), "clean"),
 }
 
 
@@ -143,20 +145,20 @@ CASES = {
 def test_objective_matches_numpy(setup, case):
     model, variables, batch, keys = setup
     fields, kl_base = CASES[case]
-    defense = defenses.get_defense(ml_collections.ConfigDict(dict(eps=EPS, **fields)))
+    defense = defenses.build(fields)
     x, y = batch["image"], batch["label"]
 
     @jax.jit
     def run(variables):
         x_adv = x
-        if defense.attack is not None:  # the same adversary with the same keys
+        for adversary in defense.adversaries:  # the same adversary with the same keys
             model_fn = make_model_fn(model)
-            target = model_fn(variables, x) if defense.attack_target == "clean_logits" else y
-            x_adv = defense.attack(model_fn, variables, x, target, keys)
+            target = model_fn(variables, x) if adversary.target == "clean_logits" else y
+            x_adv = adversary.attack(model_fn, variables, x, target, keys)
         return defense(model, variables, batch, keys), x_adv
 
     (loss, aux), x_adv = run(variables)
-    if defense.attack is not None and case != "klr":
+    if defense.adversaries and case != "klr":
         assert float(jnp.max(jnp.abs(x_adv - x))) == pytest.approx(EPS, rel=1e-5)
     name = {"mart_thesis": "mart_thesis", "klr": "trades"}.get(case, fields["name"])
     expected, jac_adv = np_objective(
@@ -191,8 +193,8 @@ def test_kl_directions_are_named_correctly(setup):
     assert defenses.kl_attack_loss("adv") == "kl_to_reference"
     np.testing.assert_allclose(losses.kl_from_reference(za, zc), clean_base, rtol=1e-6)
     attack = attacks.pgd(EPS, 0.04, 2, loss="kl_to_reference", keep_best=False)
-    assert defenses.trades(attack, kl_base="adv").attack.loss == "kl_to_reference"
-    assert defenses.atlas(attacks.fgsm_rs(EPS)).kl_base == "adv"  # ATLAS Eq. 13-14
+    assert defenses.trades(attack, kl_base="adv").attacks[0].loss == "kl_to_reference"
+    assert defenses.atlas(attacks.fgsm_rs(EPS)).terms[-1].base == "adv"  # ATLAS Eq. 13-14
 
 
 def test_bad_settings_raise():
@@ -212,44 +214,49 @@ def test_bad_settings_raise():
         defenses.atlas(kl_attack)
     with pytest.raises(ValueError, match="valid values: original, thesis"):
         defenses.mart(ce_attack, variant="wang")
-    with pytest.raises(ValueError, match="no adversary"):
-        regularized.Regularized(None, beta=1.0, ce_on="clean")
+    with pytest.raises(ValueError, match="reads view 'adv'.*its views: clean"):
+        defenses.Defense((defenses.terms.KLDivergence(),))
     with pytest.raises(ValueError, match="num_projections"):
         defenses.jac(num_projections=0)
-    cfg = ml_collections.ConfigDict
-    with pytest.raises(ValueError, match="atlas_l has beta = 0"):
-        defenses.get_defense(cfg(dict(name="atlas_l", eps=EPS, alpha=1.0, beta=1.0)))
-    with pytest.raises(ValueError, match="atlas_g has alpha = 0"):
-        defenses.get_defense(cfg(dict(name="atlas_g", eps=EPS, alpha=1.0)))
-    with pytest.raises(ValueError, match="one_step=True but steps=5"):
-        defenses.get_defense(cfg(dict(name="atlas", eps=EPS, one_step=True, steps=5)))
-    with pytest.raises(ValueError, match="unknown mart_variant"):
-        defenses.get_defense(cfg(dict(name="mart", eps=EPS, mart_variant="x")))
+    with pytest.raises(ValueError, match="'atlas_l' has no hyperparameter 'beta'"):
+        defenses.build(dict(name="atlas_l", attack=ONE_STEP, alpha=1.0, beta=1.0))
+    with pytest.raises(ValueError, match="'atlas_g' has no hyperparameter 'alpha'"):
+        defenses.build(dict(name="atlas_g", attack=ONE_STEP, alpha=1.0))
+    with pytest.raises(ValueError, match="valid values: original, thesis"):
+        defenses.build(dict(name="mart", attack=ONE_STEP, variant="x"))
+    with pytest.raises(ValueError, match="unknown defense 'madry'; valid defenses: natural"):
+        defenses.build(dict(name="madry"))
+    with pytest.raises(ValueError, match="not both"):
+        defenses.build(dict(name="natural", eps_warmup_epochs=1, eps_warmup_steps=2))
 
 
-def test_config_builders_pick_the_adversary():
-    cfg = ml_collections.ConfigDict
-    one = defenses.get_defense(cfg(dict(name="trades", eps=EPS, beta=1.0)))
-    assert (one.attack.steps, one.attack.step_size) == (1, pytest.approx(1.25 * EPS))
-    assert one.attack.loss == "kl_from_reference" and one.attack.threat.eps == EPS
-    multi = defenses.get_defense(cfg(dict(name="mart", eps=EPS, step_size=0.01, steps=7)))
-    assert (multi.attack.steps, multi.attack.loss, multi.attack.keep_best) == (7, "ce", False)
-    assert multi.ce_loss == "boosted_ce" and multi.ce_on == "adv"
-    atlas = defenses.get_defense(cfg(dict(name="atlas", eps=EPS, eps_warmup_epochs=2)), 5)
-    assert atlas.eps_warmup_steps == 10 and atlas.scale_weights_with_eps
-    assert (atlas.alpha, atlas.beta, atlas.attack.loss) == (2e-4, 5.0, "ce")
-    klr = defenses.get_defense(cfg(dict(name="klr", eps=EPS)))
-    assert isinstance(klr.attack, attacks.RandomSearch) and klr.beta == 1.0
-    assert (klr.attack.num_tries, klr.attack.loss, klr.ce_on) == (10, "kl_from_reference", "clean")
-    wok = defenses.get_defense(cfg(dict(name="pgd_at", eps=EPS, attack=dict(name="worst_of_k"))))
-    assert isinstance(wok.attack, attacks.RandomSearch) and wok.attack.loss == "ce"
-    tj = defenses.get_defense(cfg(dict(name="trades_jac", eps=EPS)))
-    assert (tj.alpha, tj.beta, tj.attack.loss, tj.jac_on) == (
-        2e-4,
-        0.5,
-        "kl_from_reference",
-        "clean",
+def test_specs_build_the_adversary_the_objective_needs():
+    one = defenses.build(dict(name="trades", beta=1.0, attack=ONE_STEP))
+    (attack,) = one.attacks
+    assert (attack.steps, attack.step_size) == (1, pytest.approx(1.25 * EPS))
+    assert attack.loss == "kl_from_reference" and attack.threat.eps == EPS
+    assert one.adversaries[0].target == "clean_logits"
+    multi = defenses.build(dict(name="mart", attack=dict(PGD3, steps=7)))
+    assert (multi.attacks[0].steps, multi.attacks[0].loss, multi.attacks[0].keep_best) == (
+        7,
+        "ce",
+        False,
     )
+    assert isinstance(multi.terms[0], defenses.terms.BoostedCrossEntropy)
+    assert multi.terms[0].view == "adv"
+    thesis = defenses.build(dict(name="mart", variant="thesis", kl_base="adv", attack=PGD3))
+    assert thesis.attacks[0].loss == "kl_to_reference" and thesis.terms[0].view == "clean"
+    atlas = defenses.build(dict(name="atlas", attack=ONE_STEP, eps_warmup_epochs=2), 5)
+    assert atlas.eps_warmup_steps == 10 and atlas.attacks[0].loss == "ce"
+    assert [t.weight for t in atlas.terms] == [1.0, core.WarmupScaled(2e-4), core.WarmupScaled(5.0)]
+    klr = defenses.build(dict(name="klr"))
+    assert isinstance(klr.attacks[0], attacks.RandomSearch) and klr.terms[1].weight == 1.0
+    assert (klr.attacks[0].steps, klr.attacks[0].loss) == (10, "kl_from_reference")
+    wok = defenses.build(dict(name="pgd_at", attack=dict(name="worst_of_k")))
+    assert isinstance(wok.attacks[0], attacks.RandomSearch) and wok.attacks[0].loss == "ce"
+    tj = defenses.build(dict(name="trades_jac", attack=ONE_STEP))
+    assert [t.weight for t in tj.terms] == [1.0, core.WarmupScaled(2e-4), core.WarmupScaled(0.5)]
+    assert tj.terms[1].view == "clean" and tj.attacks[0].loss == "kl_from_reference"
 
 
 # -- ATLAS with alpha = beta = 0 is one-step ADV -----------------------------------------------
@@ -261,16 +268,15 @@ def test_atlas_without_penalties_is_fast_at_with_batchnorm():
     x = jax.random.uniform(jax.random.key(4), (B, 4, 4, 1))
     batch = {"image": x, "label": jnp.arange(B) % K}
     keys = jax.random.split(jax.random.key(5), B)
-    fields = dict(eps=EPS, norm="linf", eps_warmup_epochs=1)
-    atlas = defenses.get_defense(
-        ml_collections.ConfigDict(dict(name="atlas", alpha=0.0, beta=0.0, **fields)), 10
-    )
-    fast = defenses.get_defense(ml_collections.ConfigDict(dict(name="fast_at", **fields)), 10)
-    assert atlas.attack == fast.attack
+    fields = dict(attack=ONE_STEP, eps_warmup_epochs=1)
+    atlas = defenses.build(dict(name="atlas", alpha=0.0, beta=0.0, **fields), 10)
+    fast = defenses.build(dict(name="fast_at", **fields), 10)
+    assert atlas.attacks == fast.attacks
 
     def value_and_grad(defense, step):
         def loss_fn(params):
-            return defense.at_step(step)(model, {**variables, "params": params}, batch, keys)
+            variables_ = {**variables, "params": params}
+            return defense(model, variables_, batch, keys, step=step)
 
         return jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
 
@@ -302,7 +308,7 @@ def test_batchnorm_statistics_chain_clean_then_adversarial_pass():
     @jax.jit
     def run(variables):
         _, aux = defense(model, variables, batch, keys)
-        x_adv = defense.attack(model_fn, variables, x, model_fn(variables, x), keys)
+        x_adv = defense.attacks[0](model_fn, variables, x, model_fn(variables, x), keys)
         _, clean_stats = apply_train(model, variables, x)
         _, expected = apply_train(model, {**variables, "batch_stats": clean_stats}, x_adv)
         return aux, clean_stats, expected
@@ -320,31 +326,33 @@ def test_batchnorm_statistics_chain_clean_then_adversarial_pass():
 
 def test_warmup_scales_alpha_beta_with_eps(setup):
     model, variables, batch, keys = setup
-    cfg = dict(eps=EPS, alpha=0.3, beta=2.0, eps_warmup_epochs=2)
-    atlas = defenses.get_defense(ml_collections.ConfigDict(dict(name="atlas", **cfg)), 10)
-    trades = defenses.get_defense(ml_collections.ConfigDict(dict(name="trades", **cfg)), 10)
+    atlas = defenses.build(
+        dict(name="atlas", alpha=0.3, beta=2.0, attack=ONE_STEP, eps_warmup_epochs=2), 10
+    )
+    trades = defenses.build(dict(name="trades", beta=2.0, attack=ONE_STEP, eps_warmup_epochs=2), 10)
     model_fn = make_model_fn(model)
 
     def at(defense, step):
-        d = defense.at_step(step)
-        loss, aux = d(model, variables, batch, keys)
-        x_adv = d.attack(model_fn, variables, batch["image"], batch["label"], keys)  # CE attack
+        loss, aux = defense(model, variables, batch, keys, step=step)
+        attack = defense.attacks[0].scaled(defense.ramp(step))  # the step's CE attack
+        x_adv = attack(model_fn, variables, batch["image"], batch["label"], keys)
         return loss, aux["metrics"], jnp.max(jnp.abs(x_adv - batch["image"]))
 
     steps = (0, 5, 20, 40)
     ramp = np.array([0.0, 0.25, 1.0, 1.0])  # eps_t / eps with 20 warm-up steps
     run = jax.jit(lambda s: at(atlas, s))
     out = [run(jnp.int32(s)) for s in steps]
-    np.testing.assert_allclose([o[1]["alpha"] for o in out], 0.3 * ramp, rtol=1e-6)
-    np.testing.assert_allclose([o[1]["beta"] for o in out], 2.0 * ramp, rtol=1e-6)
+    np.testing.assert_allclose([o[1]["jac_weight"] for o in out], 0.3 * ramp, rtol=1e-6)
+    np.testing.assert_allclose([o[1]["kl_weight"] for o in out], 2.0 * ramp, rtol=1e-6)
     np.testing.assert_allclose([o[2] for o in out], EPS * ramp, rtol=1e-5, atol=1e-7)
     # Step 0: eps = 0, so x' = x and the weights vanish: plain CE on the clean batch.
     clean_ce = jnp.mean(losses.cross_entropy(model_fn(variables, batch["image"]), batch["label"]))
     np.testing.assert_allclose(out[0][0], clean_ce, rtol=1e-6)
     # TRADES ramps the budget only (its beta is not part of the ATLAS rule).
-    trades_at = jax.jit(lambda s: trades.at_step(s)(model, variables, batch, keys)[1]["metrics"])
-    assert [float(trades_at(jnp.int32(s))["beta"]) for s in (0, 5)] == [2.0, 2.0]
-    assert float(trades.at_step(jnp.int32(5)).attack.threat.eps) == pytest.approx(0.25 * EPS)
+    trades_metrics = jax.jit(lambda s: trades(model, variables, batch, keys, step=s)[1]["metrics"])
+    assert trades.terms[1].weight == 2.0 and "kl_weight" not in trades_metrics(jnp.int32(5))
+    scaled = trades.attacks[0].scaled(trades.ramp(jnp.int32(5)))
+    assert float(scaled.threat.eps) == pytest.approx(0.25 * EPS)
 
 
 # -- The Jacobian-norm estimator ---------------------------------------------------------------
@@ -431,15 +439,16 @@ def test_jacobian_estimate_cost_does_not_grow_with_classes():
 
 
 def test_train_step_with_atlas_jits_and_learns():
+    from advjax.sharding import make_mesh, replicate, shard_batch
     from advjax.train.state import create_train_state
-    from advjax.train.step import make_mesh, replicate, shard_batch, sharded_train_step
+    from advjax.train.step import sharded_train_step
 
     model = MLP(batch_norm=True)
     variables = init_variables(model, jax.random.key(3), (4, 4, 1))
     cfg = ml_collections.ConfigDict(
-        dict(name="atlas", eps=EPS, alpha=0.05, beta=1.0, eps_warmup_epochs=1)
+        dict(name="atlas", attack=ONE_STEP, alpha=0.05, beta=1.0, eps_warmup_epochs=1)
     )
-    defense = defenses.get_defense(cfg, steps_per_epoch=2)
+    defense = defenses.build(cfg, steps_per_epoch=2)
     tx = optax.sgd(0.5)
     mesh = make_mesh(jax.devices()[:1])
     step_fn = sharded_train_step(model, defense, tx, optax.constant_schedule(0.5), mesh)
@@ -453,7 +462,7 @@ def test_train_step_with_atlas_jits_and_learns():
         history.append(jax.device_get(metrics))
     assert int(state.step) == 6
     assert {"ce_loss", "kl_loss", "jac_loss", "jac_norm", "adv_accuracy"} <= set(history[0])
-    assert [float(m["beta"]) for m in history[:3]] == [0.0, 0.5, 1.0]  # warm-up over 2 steps
+    assert [float(m["kl_weight"]) for m in history[:3]] == [0.0, 0.5, 1.0]  # 2 warm-up steps
     assert all(np.isfinite(float(m["loss"])) for m in history)
     assert float(history[-1]["ce_loss"]) < float(history[2]["ce_loss"])
     stats = jax.tree.map(

@@ -145,7 +145,7 @@ def test_jsma_matches_torchattacks(mlp):
 @pytest.mark.parametrize("theta", [1.0, -1.0])
 def test_jsma_budget_direction_and_success(problem, theta):
     variables, x, y = problem
-    attack = sparse.jsma(theta=theta, gamma=0.5)  # untargeted: most likely wrong class
+    attack = sparse.jsma(step_size=theta, gamma=0.5)  # untargeted: most likely wrong class
     result = jit_run(attack, linear_model_fn, variables, x, y, jax.random.key(0))
     changed = result.x_adv != x
     l0 = sparse.l0_norm(result.x_adv, x)
@@ -163,7 +163,12 @@ def test_jsma_budget_direction_and_success(problem, theta):
     np.testing.assert_allclose(result.loss, margin, rtol=1e-5)
     # A tight budget: floor(0.05 * 64 / 2) = 1 iteration, at most 2 features.
     tight = jit_run(
-        sparse.jsma(theta=theta, gamma=0.05), linear_model_fn, variables, x, y, jax.random.key(0)
+        sparse.jsma(step_size=theta, gamma=0.05),
+        linear_model_fn,
+        variables,
+        x,
+        y,
+        jax.random.key(0),
     )
     assert int(sparse.l0_norm(tight.x_adv, x).max()) <= 2
     assert not bool(jnp.any(tight.success))
@@ -199,7 +204,7 @@ UNBOUNDED = np.float32(np.inf)
 def pointwise_run(problem):
     variables, x, y = problem
     y = y.at[4].set((y[4] + 3) % 10)  # a clean mistake: its own adversarial, L0 = 0
-    attack = sparse.pointwise(init_steps=20, max_passes=8)
+    attack = sparse.pointwise(steps=8, init_steps=20)
     keys = jax.random.split(jax.random.key(0), x.shape[0])
 
     @jax.jit
@@ -264,7 +269,7 @@ def test_pointwise_budget_and_refinement(problem, pointwise_run):
     )
     assert bool(jnp.all(jnp.where(bounded.success, bounded.loss == -l0, bounded.loss == -jnp.inf)))
     # Foolbox's binary searches move changed features towards the clean values (L2 shrinks).
-    refined = dataclasses.replace(attack, refine_passes=2, binary_search_steps=6)
+    refined = dataclasses.replace(attack, refine_steps=2, binary_search_steps=6)
     refined = jit_run(refined, linear_model_fn, variables, x, y, keys)
     assert bool(jnp.all(refined.success))
     assert bool(jnp.all(jnp.argmax(linear_model_fn(variables, refined.x_adv), -1) != y))
@@ -280,7 +285,7 @@ def test_pointwise_budget_and_refinement(problem, pointwise_run):
 
 def test_pointwise_uniform_init_and_failure(problem, pointwise_run):
     variables, x, y = problem
-    uniform = sparse.pointwise(init="uniform", init_steps=10, max_passes=3)
+    uniform = sparse.pointwise(steps=3, init="uniform", init_steps=10)
     result = jit_run(uniform, linear_model_fn, variables, x, y, jax.random.key(1))
     assert bool(jnp.all(result.success))
     assert bool(jnp.all(jnp.argmax(linear_model_fn(variables, result.x_adv), -1) != y))
@@ -299,10 +304,10 @@ def test_pointwise_uniform_init_and_failure(problem, pointwise_run):
 
 def test_errors(problem):
     variables, x, y = problem
-    with pytest.raises(ValueError, match="theta must satisfy 0 < |theta| <= 1"):
-        sparse.jsma(theta=0.0)
-    with pytest.raises(ValueError, match="theta"):
-        sparse.jsma(theta=2.0)
+    with pytest.raises(ValueError, match="step_size must satisfy 0 < |step_size| <= 1"):
+        sparse.jsma(step_size=0.0)
+    with pytest.raises(ValueError, match="step_size"):
+        sparse.jsma(step_size=2.0)
     with pytest.raises(ValueError, match=r"gamma must be in \(0, 1\]"):
         sparse.jsma(gamma=0.0)
     with pytest.raises(ValueError, match="valid modes: second, least, random, next"):
@@ -311,8 +316,8 @@ def test_errors(problem):
         sparse.pointwise(eps=-1)
     with pytest.raises(ValueError, match="valid inits: salt_and_pepper, uniform"):
         sparse.pointwise(init="gaussian")
-    with pytest.raises(ValueError, match="max_passes must be an integer >= 0"):
-        sparse.pointwise(max_passes=-1)
+    with pytest.raises(ValueError, match="steps must be an integer >= 0"):
+        sparse.pointwise(steps=-1)
     with pytest.raises(ValueError, match="init_steps must be an integer >= 1"):
         sparse.pointwise(init_steps=2.5)
     with pytest.raises(ValueError, match=r"integer labels y of shape \[B\]"):

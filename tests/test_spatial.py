@@ -313,7 +313,7 @@ def test_worst_of_k_is_never_better_for_the_defender(model_and_data):
     variables, x, y = model_and_data
     keys = jax.random.split(jax.random.key(4), x.shape[0])
     rand_params, rand = _jit_run(attacks.rand_adv())(linear_model_fn, variables, x, y, keys)
-    wok_run = _jit_run(attacks.worst_of_k(k=6))
+    wok_run = _jit_run(attacks.worst_of_k(steps=6))
     wok_params, wok = wok_run(linear_model_fn, variables, x, y, keys)
     assert np.all(np.asarray(wok.success) >= np.asarray(rand.success))
     same = np.asarray(wok.success == rand.success)
@@ -361,7 +361,7 @@ def test_worst_of_k_on_a_kl_objective_runs_under_shard_map(model_and_data):
 
     variables, x, _ = model_and_data
     reference = jax.lax.stop_gradient(linear_model_fn(variables, x))
-    attack = attacks.worst_of_k(k=4, loss="kl_from_reference")
+    attack = attacks.worst_of_k(steps=4, loss="kl_from_reference")
     key = jax.random.key(8)
     mesh = make_mesh()
 
@@ -449,7 +449,7 @@ def test_per_example_keys_and_vmap(model_and_data):
 
 def test_scaled_budget():
     attack = attacks.integrated_spatial(0.05, 0.1, steps=4).scaled(0.5)
-    assert attack.threat.eps_f == 0.025 and attack.threat.eps_rt == 0.05
+    assert attack.threat.eps_flow == 0.025 and attack.threat.eps_affine == 0.05
     np.testing.assert_allclose(attack.step_size, (0.015625, 0.03125))
     grid = attacks.grid_adv().scaled(0.5).grid()
     np.testing.assert_allclose(jnp.max(grid, axis=0), [15.0, 1.5, 1.5])
@@ -459,7 +459,7 @@ def test_errors(model_and_data):
     variables, x, y = model_and_data
     with pytest.raises(ValueError, match="eps must be >= 0"):
         spatial.FlowSet(-0.1)
-    with pytest.raises(ValueError, match="eps_rt must be >= 0"):
+    with pytest.raises(ValueError, match="eps_affine must be >= 0"):
         attacks.integrated_spatial(0.1, -0.1)
     with pytest.raises(ValueError, match="max_angle must be >= 0"):
         attacks.grid_adv(max_angle=-1.0)
@@ -469,16 +469,16 @@ def test_errors(model_and_data):
         attacks.rt_pgd(padding="mirror")
     with pytest.raises(ValueError, match="valid modes: rt, t, r"):
         attacks.rand_adv(mode="tr")
-    with pytest.raises(ValueError, match="num_tries must be a positive integer"):
-        attacks.worst_of_k(k=0)
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        attacks.worst_of_k(steps=0)
     with pytest.raises(ValueError, match="num_angles must be a positive integer"):
         attacks.grid_adv(num_angles=0)
     with pytest.raises(ValueError, match="steps must be >= 0"):
         attacks.flow_pgd(0.1, step_size=0.01, steps=-1)
     with pytest.raises(ValueError, match="takes 2 step size"):
-        attacks.SpatialPGD(spatial.RotationTranslation(), 0.1, 3)
+        dataclasses.replace(attacks.rt_pgd(steps=3), step_size=0.1)
     with pytest.raises(ValueError, match="tau"):
-        attacks.SpatialPGD(spatial.AffineSet(0.1), 0.01, 3, tau=0.1)
+        dataclasses.replace(attacks.affine_pgd(0.1, 0.01, 3), tau=0.1)
     with pytest.raises(ValueError, match="grid must be"):
         spatial.warp(x, jnp.zeros((2, H, W, 2)))
     with pytest.raises(ValueError, match="hw="):

@@ -271,7 +271,7 @@ def test_blackbox_beating_whitebox_is_flagged():
 def test_every_preset_resolves_with_its_protocol(norm):
     settings = ThreatSettings(norm=norm, eps=0.5, eps_text="1/2")
     for name in presets.PRESETS:
-        if (name in ("rays", "bb") and norm != "linf") or (
+        if (name in ("rays", "brendel_bethge") and norm != "linf") or (
             name in ("cw_l2", "ddn") and norm != "l2"
         ):
             with pytest.raises(ValueError, match="norm"):
@@ -284,9 +284,43 @@ def test_every_preset_resolves_with_its_protocol(norm):
     assert presets.resolve("pgd20", settings).attack.unroll is True
     assert presets.resolve("pgd1000", settings).attack.unroll is False  # a scan, not 1000 copies
     components = presets.resolve("aa_standard", settings).protocol["components"]
-    assert list(components) == ["apgd-ce", "apgd-t", "fab-t", "square"]
-    assert components["apgd-ce"]["n_iter"] == 100 and components["square"]["n_queries"] == 5000
+    assert list(components) == ["apgd_ce", "apgd_t", "fab_t", "square"]  # = preset names
+    assert set(components) <= set(presets.PRESETS)
+    assert components["apgd_ce"]["steps"] == 100 and components["square"]["steps"] == 5000
     assert list(presets.resolve("aa_rand", settings).protocol["components"]) == [
-        "apgd-ce",
-        "apgd-dlr",
+        "apgd_ce",
+        "apgd_dlr",
     ]
+
+
+def test_presets_are_specs_over_the_registry_filled_from_the_settings():
+    settings = ThreatSettings(norm="l2", eps=0.5, eps_text="1/2", restarts=3, num_classes=5)
+    for name, preset in presets.PRESETS.items():
+        if preset.attack is not None:  # every spec names registry attacks, and so do its parts
+            spec = presets.fill(preset.attack, settings)
+            assert spec["name"] in attacks.ATTACKS, name
+    entry = presets.resolve("pgd20", settings)
+    pgd = attacks.pgd(0.5, None, 20, norm="l2")
+    assert entry.attack == attacks.restarts(pgd, 3)
+    assert entry.protocol["restarts"] == 3 and entry.protocol["steps"] == 20
+    assert entry.protocol["spec"]["attack"]["eps"] == 0.5
+    apgd_t = attacks.apgd_t(0.5, norm="l2", num_targets=4)  # at most num_classes - 1 targets
+    assert presets.resolve("apgd_t", settings).attack == apgd_t
+    assert presets.resolve("rand_adv_t", settings).protocol["max_angle"] == 0.0
+    with pytest.raises(ValueError, match="unknown placeholder '\\$epsilon'"):
+        presets.fill({"eps": "$epsilon"}, settings)
+
+
+def test_spec_entries_get_the_suite_threat_model_where_they_name_none():
+    settings = ThreatSettings(norm="l2", eps=0.5, eps_text="1/2")
+    spec = {"name": "restarts", "restarts": 2, "attack": {"name": "apgd", "steps": 10}}
+    entry = presets.resolve({**spec, "label": "APGD-10x2"}, settings)
+    assert entry.name == entry.label == "APGD-10x2"
+    assert entry.attack == attacks.restarts(attacks.apgd(0.5, 10, norm="l2"), 2)
+    assert (entry.protocol["norm"], entry.protocol["eps_text"]) == ("l2", "1/2")
+    own = presets.resolve({"name": "fgsm", "eps": 0.25, "norm": "linf"}, settings)
+    assert own.attack == attacks.fgsm(0.25) and own.protocol["eps"] == 0.25
+    spatial = presets.resolve({"name": "worst_of_k", "steps": 2, "bounded": False}, settings)
+    assert not spatial.bounded and spatial.attack == attacks.worst_of_k(steps=2)
+    with pytest.raises(ValueError, match="unknown hyperparameter.*n_iter for attack 'apgd'"):
+        presets.resolve({"name": "apgd", "n_iter": 10}, settings)

@@ -14,12 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from advjax import defenses
+from advjax import attacks, defenses
 from advjax.analysis import read_png
 from advjax.data import load_dataset, train_batches
+from advjax.experiment import initial_state, train_and_evaluate
 from advjax.models import get_model
 from advjax.train import Checkpointer, CheckpointError, make_mesh, replicate, shard_batch
-from advjax.train.loop import initial_state, train_and_evaluate
 from advjax.train.metrics import read_metrics
 from advjax.train.step import train_step
 from configs import mnist
@@ -69,8 +69,8 @@ def test_train_step_traces_once_and_learns(tmp_path):
     config = tiny_config("fast_at")
     ds = load_dataset("synthetic", "train", num_examples=128)
     model = get_model("mnist_cnn4")
-    state, tx, schedule = initial_state(config, model, ds.image_shape, steps_per_epoch_=4)
-    defense = defenses.get_defense(config.defense)
+    state, tx, schedule = initial_state(config, model, ds.image_shape, steps_per_epoch=4)
+    defense = defenses.build(config.defense)
     mesh = make_mesh()
     traced = chex.assert_max_traces(n=1)(
         lambda s, b: train_step(s, b, model=model, defense=defense, tx=tx, schedule=schedule)
@@ -97,16 +97,16 @@ def test_locked_config_rejects_typos_and_unknown_names():
         config.train.epochz = 3
     with pytest.raises(ValueError, match="valid variants: natural, pgd_at, fast_at, adv, jac"):
         mnist.get_config("tradez")
-    with pytest.raises(ValueError, match="unknown defense .madry.; valid defenses: atlas, "):
-        defenses.get_defense(type("C", (), {"name": "madry"})())
+    with pytest.raises(ValueError, match="unknown defense .madry.; valid defenses: natural, "):
+        defenses.build(dict(name="madry"))
 
 
 def test_one_step_adversaries_step_1_25_eps_of_their_own_eps():
     """FGSM-from-random-start variants take a step of 1.25 eps (Wong et al. 2020; SRT App. J)."""
     for variant in ("fast_at", "atlas", "fast_srt"):
-        defense = mnist.get_config(variant).defense
-        assert defense.steps == 1
-        assert defense.step_size == pytest.approx(1.25 * defense.eps), variant
+        attack = defenses.build(mnist.get_config(variant).defense).attacks[0]
+        assert isinstance(attack, attacks.GradientAttack) and attack.random_init
+        assert attack.steps == 1 and attack.step_size == pytest.approx(1.25 * attack.threat.eps)
 
 
 def test_schedules_have_the_documented_shape():
@@ -193,7 +193,7 @@ def test_launch_train_then_evaluate(tmp_path):
             "-m",
             "launch.visualize",
             f"--workdir={workdir}",
-            "--attacks=grid_adv_r,flow",
+            "--attacks=grid_adv_r,flow_pgd",
             "--num_examples=4",
             "--scale=2",
         ],
@@ -231,7 +231,7 @@ def test_missing_mnist_says_where_it_looked(tmp_path, monkeypatch):
 
 def test_device_count_invariance_needs_per_example_keys():
     # The defense keys depend on the global example index, not on the shard.
-    from advjax.train.step import example_keys
+    from advjax.sharding import example_keys
 
     key = jax.random.key(0)
     mesh1 = make_mesh(jax.devices()[:1])
@@ -247,7 +247,7 @@ def test_device_count_invariance_needs_per_example_keys():
 def test_mnist_variants_build_and_atlas_objectives_share_the_app_b_schedule():
     for variant in mnist.VARIANTS:
         config = mnist.get_config(variant)
-        defenses.get_defense(config.defense, steps_per_epoch=10)  # a real defense
+        defenses.build(config.defense, steps_per_epoch=10)  # a real defense
         get_model(config.model.name)
     table1 = [mnist.get_config(v) for v in ("adv", "jac", "trades", "atlas")]
     for config in table1:  # ATLAS Sec. 5 and App. B: one schedule for every Table 1 objective
@@ -255,7 +255,8 @@ def test_mnist_variants_build_and_atlas_objectives_share_the_app_b_schedule():
         assert (config.train.optimizer, config.train.schedule) == ("sgd", "constant")
         assert config.train.learning_rate == 0.01 and config.train.plateau.enabled
         assert (config.train.plateau.patience, config.train.plateau.factor) == (2, 5.0)
-        assert config.defense.eps_warmup_epochs == 15
+        if config.defense.name != "jac":  # zero-step JAC has no adversary to warm up
+            assert config.defense.eps_warmup_epochs == 15
     assert table1[0].defense.name == "fast_at"  # one-step ADV is Wong et al.'s fast AT
     assert not mnist.get_config("fast_at").train.plateau.enabled
     with pytest.raises(ValueError, match="valid variants: natural"):
@@ -286,31 +287,22 @@ def test_cifar_config_trains_a_batchnorm_model_with_augmentation(tmp_path):
     assert state.batch_stats and all(moved)  # running statistics were updated (and pmean-ed)
 
 
-def test_sigkilled_launch_resumes_to_the_same_parameters(tmp_path):
-    """Kill -9 the real command mid-run, rerun it, and compare with an uninterrupted run."""
+def test_sigkilled_launch_resumes_to_the_same_parameters_and_defense_state(tmp_path):
+    """Kill -9 the real command mid-run, rerun it, and compare with an uninterrupted run. The
+    config (``tests/stateful_config.py``) registers a defense that carries state across steps:
+    it must come back exactly too."""
     import signal
     import time
 
+    from tests import stateful_config
+
     workdir = tmp_path / "killed"
-    overrides = [
-        "--config.data.name=synthetic",
-        "--config.data.source=synthetic",
-        "--config.data.num_validation=64",
-        "--config.data.synthetic.num_examples=256",
-        "--config.model.name=mnist_cnn4",
-        "--config.train.epochs=3",
-        "--config.train.batch_size=32",
-        "--config.train.checkpoint_every_steps=2",
-        "--config.validation.attack.steps=3",
-        "--config.validation.num_examples=64",
-    ]
     args = [
         sys.executable,
         "-m",
         "launch.train",
-        f"--config={REPO}/configs/mnist.py:fast_at",
+        f"--config={REPO}/tests/stateful_config.py",
         f"--workdir={workdir}",
-        *overrides,
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
@@ -327,18 +319,22 @@ def test_sigkilled_launch_resumes_to_the_same_parameters(tmp_path):
     assert killed_at is not None and killed_at < 18, killed_at
     _run(args[1:], cwd=REPO)
 
-    config = tiny_config("fast_at", epochs=3)
-    config.train.checkpoint_every_steps = 2
+    config = stateful_config.get_config()
+    config.train.progress = False
     reference = train_and_evaluate(config, str(tmp_path / "reference"))
-    template, _, _ = initial_state(config, get_model("mnist_cnn4"), (28, 28, 1), 6)
+    defense = defenses.build(config.defense, 6)
+    template, _, _ = initial_state(
+        config, get_model("mnist_cnn4"), (28, 28, 1), 6, defense.init_state()
+    )
     resumed = Checkpointer(str(workdir)).restore(template)
     assert int(resumed.step) == int(reference.step) == 18
-    _assert_states_equal(reference, resumed)
+    assert float(reference.defense_state["adv"]) > 0.1  # the state did move
+    _assert_states_equal(reference, resumed)  # parameters, optimiser and defense state, RNG
 
 
 def test_eval_step_is_built_once_per_model_attack_and_mesh():
     from advjax import attacks
-    from advjax.train import sharded_eval_step
+    from advjax.eval.accuracy import sharded_eval_step
 
     mesh = make_mesh()
     model = get_model("mnist_cnn4")

@@ -26,13 +26,15 @@ from advjax.data import (
     train_batches,
     with_labeled_subset,
 )
-from advjax.defenses import semi_supervised as ssl
+from advjax.experiment import load_splits, train_and_evaluate
+from advjax.sharding import make_mesh, masked_mean, replicate, shard_batch
 from advjax.train import monitor
 from advjax.train.checkpoint import Checkpointer
-from advjax.train.loop import eps_scale, load_splits, train_and_evaluate
 from advjax.train.metrics import read_metrics
-from advjax.train.optim import get_plateau_state, make_optimizer, make_schedule, set_plateau_state
-from advjax.train.schedules import Plateau, PlateauState, initial_plateau_state, plateau_update
+from advjax.train.optim import make_optimizer, make_schedule
+from advjax.train.schedules import Plateau, initial_plateau_state, plateau_update
+from advjax.train.state import create_train_state
+from advjax.train.step import sharded_train_step
 from configs import mnist
 from tests.train_configs import tiny_config
 
@@ -106,6 +108,7 @@ def test_plateau_settings_are_validated():
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_plateau_scale_multiplies_the_learning_rate(optimizer):
+    """The train step multiplies the optimiser's updates by ``schedule_state.lr_scale``."""
     cfg = ml_collections.ConfigDict(
         dict(
             optimizer=optimizer,
@@ -116,24 +119,28 @@ def test_plateau_scale_multiplies_the_learning_rate(optimizer):
             weight_decay=1e-2,
         )
     )
-    plain_tx, _ = make_optimizer(cfg, 10)
-    cfg.plateau = dict(patience=2)
-    tx, _ = make_optimizer(cfg, 10)
-    params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
-    plain_state, state = plain_tx.init(params), tx.init(params)
-    assert get_plateau_state(plain_state) is None  # no plateau config: state unchanged
-    assert float(get_plateau_state(state).lr_scale) == 1.0
-    scaled = initial_plateau_state()._replace(lr_scale=np.float32(0.2))
-    state = set_plateau_state(state, PlateauState(*map(jnp.asarray, scaled)))
-    for key in jax.random.split(jax.random.key(0), 3):
-        grads = jax.tree.map(lambda p, k=key: jax.random.normal(k, p.shape), params)
-        plain_updates, plain_state = plain_tx.update(grads, plain_state, params)
-        updates, state = tx.update(grads, state, params)
-        for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(plain_updates), strict=True):
-            np.testing.assert_allclose(u, 0.2 * p, rtol=1e-6)
-    assert float(get_plateau_state(state).lr_scale) == pytest.approx(0.2)
-    cfg.plateau.enabled = False
-    assert get_plateau_state(make_optimizer(cfg, 10)[0].init(params)) is None
+    tx, schedule = make_optimizer(cfg, 10)
+    model = Linear()
+    variables = models.init_variables(model, jax.random.key(0), (8, 8, 1))
+    mesh = make_mesh(jax.devices()[:1])
+    step_fn = sharded_train_step(model, defenses.natural(), tx, schedule, mesh)
+    batch = shard_batch(
+        {"image": np.full((1, 4, 8, 8, 1), 0.5, np.float32), "label": np.arange(4)[None]}, mesh
+    )
+    params = {}
+    for scale in (1.0, 0.2):
+        plateau = initial_plateau_state()._replace(lr_scale=np.float32(scale))
+        state = create_train_state(variables, tx, jax.random.key(1), schedule_state=plateau)
+        state, metrics = step_fn(replicate(jax.device_get(state), mesh), batch)
+        params[scale] = jax.device_get(state.params)
+        assert float(metrics["learning_rate"]) == pytest.approx(0.1 * scale)
+    moved = {
+        scale: jax.tree.map(lambda a, b: a - b, params[scale], variables["params"])
+        for scale in params
+    }
+    for u, p in zip(jax.tree.leaves(moved[0.2]), jax.tree.leaves(moved[1.0]), strict=True):
+        np.testing.assert_allclose(u, 0.2 * p, rtol=2e-5, atol=1e-7)
+    assert not create_train_state(variables, tx, jax.random.key(1)).schedule_state
 
 
 # -- catastrophic-overfitting monitor (ATLAS App. E) ---------------------------------------------
@@ -191,9 +198,10 @@ def test_step_timer_counts_only_timed_steps(monkeypatch):
     assert timer.read() is None  # no step since
 
 
-def test_eps_scale_matches_the_defense_warmup():
-    assert [eps_scale(10, s) for s in (0, 5, 10, 30)] == [0.0, 0.5, 1.0, 1.0]
-    assert eps_scale(0, 0) == 1.0
+def test_one_warmup_ramp_for_every_defense():
+    ramped = defenses.pgd_at(attacks.fgsm(0.1), eps_warmup_steps=10)
+    assert [float(ramped.ramp(s)) for s in (0, 5, 10, 30)] == [0.0, 0.5, 1.0, 1.0]
+    assert defenses.natural().ramp(0) == 1.0
 
 
 # -- labeled / unlabeled data (SRT Sec. 4) --------------------------------------------------------
@@ -328,7 +336,7 @@ def test_srt_objective_matches_numpy_on_a_linear_model(linear_setup):
     expected_rt = ce_clean[labeled].mean() + lam * ce_adv[labeled].mean()
 
     fgsm = attacks.fgsm(eps)
-    loss, aux = ssl.srt(fgsm, lam)(model, variables, batch, keys)
+    loss, aux = defenses.srt(fgsm, lam)(model, variables, batch, keys)
     np.testing.assert_allclose(loss, expected_srt, rtol=1e-5)
     m = aux["metrics"]
     np.testing.assert_allclose(m["clean_loss"], ce_clean[labeled].mean(), rtol=1e-5)
@@ -337,7 +345,7 @@ def test_srt_objective_matches_numpy_on_a_linear_model(linear_setup):
     adv_pred = (x_adv @ w + b).argmax(-1)
     assert float(m["robust_consistency"]) == pytest.approx(np.mean(adv_pred == c))
     assert float(m["adv_accuracy"]) == pytest.approx(np.mean((adv_pred == y)[labeled]))
-    rt_loss, _ = ssl.rt(fgsm, lam)(model, variables, batch, keys)
+    rt_loss, _ = defenses.rt(fgsm, lam)(model, variables, batch, keys)
     np.testing.assert_allclose(rt_loss, expected_rt, rtol=1e-5)
     assert aux["batch_stats"] == {}
 
@@ -355,15 +363,15 @@ def test_srt_without_unlabeled_data_is_rt(linear_setup):
     pgd = attacks.pgd(0.1, 0.03, 3, keep_best=False)  # random start: keys matter
     all_labeled = {**batch, "labeled": jnp.ones(8, bool)}
     no_mask = {k: v for k, v in batch.items() if k != "labeled"}
-    rt_value, rt_grad = _loss_and_grad(ssl.rt(pgd, 0.5), model, variables, all_labeled, keys)
+    rt_value, rt_grad = _loss_and_grad(defenses.rt(pgd, 0.5), model, variables, all_labeled, keys)
     for b in (all_labeled, no_mask):
-        value, grad = _loss_and_grad(ssl.srt(pgd, 0.5), model, variables, b, keys)
+        value, grad = _loss_and_grad(defenses.srt(pgd, 0.5), model, variables, b, keys)
         np.testing.assert_allclose(value, rt_value, rtol=1e-6)
         for g, r in zip(jax.tree.leaves(grad), jax.tree.leaves(rt_grad), strict=True):
             np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-7)
     # With unlabeled examples the robust term differs (SRT uses them, RT does not).
-    srt_partial, _ = ssl.srt(pgd, 0.5)(model, variables, batch, keys)
-    rt_partial, _ = ssl.rt(pgd, 0.5)(model, variables, batch, keys)
+    srt_partial, _ = defenses.srt(pgd, 0.5)(model, variables, batch, keys)
+    rt_partial, _ = defenses.rt(pgd, 0.5)(model, variables, batch, keys)
     assert abs(float(srt_partial) - float(rt_partial)) > 1e-4
 
 
@@ -372,7 +380,7 @@ def test_labels_of_unlabeled_examples_are_ignored(linear_setup):
     changed = {**batch, "label": jnp.where(batch["labeled"], batch["label"], UNLABELED)}
     shifted = {**batch, "label": jnp.where(batch["labeled"], batch["label"], 9 - batch["label"])}
     pgd = attacks.pgd(0.1, 0.03, 3, keep_best=False)
-    for objective in (ssl.srt(pgd), ssl.rt(pgd)):
+    for objective in (defenses.srt(pgd), defenses.rt(pgd)):
         value, grad = _loss_and_grad(objective, model, variables, batch, keys)
         for other in (changed, shifted):
             value2, grad2 = _loss_and_grad(objective, model, variables, other, keys)
@@ -381,46 +389,46 @@ def test_labels_of_unlabeled_examples_are_ignored(linear_setup):
                 np.testing.assert_array_equal(g, h)
     # ... while a labeled example's label does matter.
     flipped = {**batch, "label": batch["label"].at[0].set((batch["label"][0] + 1) % 10)}
-    assert float(ssl.srt(pgd)(model, variables, flipped, keys)[0]) != float(value)
+    assert float(defenses.srt(pgd)(model, variables, flipped, keys)[0]) != float(value)
 
 
 def test_masked_mean_is_the_global_mean_across_devices():
     values = jax.random.uniform(jax.random.key(0), (4, 6))
     mask = jax.random.bernoulli(jax.random.key(1), 0.4, (4, 6)).at[2].set(False)
-    per_device = jax.vmap(ssl.masked_mean, axis_name="batch")(values, mask)
+    per_device = jax.vmap(masked_mean, axis_name="batch")(values, mask)
     # The train step pmean-s the per-device values: that must be the global masked mean.
     expected = np.sum(np.where(mask, values, 0)) / np.sum(mask)
     np.testing.assert_allclose(np.mean(per_device), expected, rtol=1e-6)
-    np.testing.assert_allclose(ssl.masked_mean(values.ravel(), mask.ravel()), expected, rtol=1e-6)
-    assert float(ssl.masked_mean(values[0], jnp.zeros(6, bool))) == 0.0
+    np.testing.assert_allclose(masked_mean(values.ravel(), mask.ravel()), expected, rtol=1e-6)
+    assert float(masked_mean(values[0], jnp.zeros(6, bool))) == 0.0
 
 
-def test_config_builders_and_eps_warmup():
-    cfg = ml_collections.ConfigDict(
-        dict(name="fast_srt", eps=0.3, norm="linf", lam=0.2, eps_warmup_epochs=2)
-    )
-    fast = ssl.fast_srt_from_config(cfg, steps_per_epoch=5)
-    assert fast.use_unlabeled and fast.lam == 0.2 and fast.eps_warmup_steps == 10
-    assert fast.attack == attacks.fgsm_rs(0.3)  # FGSM, random start, step 1.25 eps (Alg. 2)
-    assert fast.attack.step_size == pytest.approx(0.375)
-    cfg = ml_collections.ConfigDict(dict(name="srt", eps=0.1, step_size=0.01, steps=5))
-    pgd_srt = ssl.srt_from_config(cfg, 1)
-    assert pgd_srt.lam == 1.0 and pgd_srt.attack == attacks.pgd(0.1, 0.01, 5, keep_best=False)
-    cfg.attack = dict(name="fgsm", eps=0.2)  # any registered attack (e.g. spatial worst-of-k)
-    rt_any = ssl.rt_from_config(cfg, 1)
-    assert not rt_any.use_unlabeled and rt_any.attack == attacks.fgsm(0.2)
+def test_specs_build_srt_rt_and_fast_srt_with_their_warmup():
+    spec = dict(name="fast_srt", attack=dict(name="fgsm_rs", eps=0.3), lam=0.2)
+    fast = defenses.build({**spec, "eps_warmup_epochs": 2}, steps_per_epoch=5)
+    assert fast.eps_warmup_steps == 10 and fast.supports_unlabeled
+    assert fast.terms[1].weight == 0.2 and fast.terms[1].rows == "all"  # SRT: every row
+    assert fast.attacks == (attacks.fgsm_rs(0.3),)  # FGSM, random start, step 1.25 eps (Alg. 2)
+    assert fast.attacks[0].step_size == pytest.approx(0.375)
+    assert fast.adversaries[0].target == "predicted"  # C(x), SRT Sec. 3.1
+    pgd = dict(name="pgd", eps=0.1, step_size=0.01, steps=5, keep_best=False)
+    pgd_srt = defenses.build(dict(name="srt", attack=pgd))
+    assert pgd_srt.terms[1].weight == 1.0
+    assert pgd_srt.attacks == (attacks.pgd(0.1, 0.01, 5, keep_best=False),)
+    rt_any = defenses.build(dict(name="rt", attack=dict(name="fgsm", eps=0.2)))  # any attack
+    assert rt_any.terms[1].rows == "labeled" and rt_any.attacks == (attacks.fgsm(0.2),)
     with pytest.raises(ValueError, match="lam"):
-        ssl.srt(attacks.fgsm(0.1), lam=-1.0)
-    assert set(ssl.BUILDERS) == {"rt", "srt", "fast_srt"}
+        defenses.srt(attacks.fgsm(0.1), lam=-1.0)
+    assert not defenses.build(dict(name="fast_at", attack=pgd)).supports_unlabeled
 
 
 def test_srt_eps_warmup_scales_the_budget(linear_setup):
     model, variables, batch, keys = linear_setup
-    objective = ssl.srt(attacks.fgsm(0.2), eps_warmup_steps=4)
-    assert float(objective.at_step(jnp.int32(2)).attack.threat.eps) == pytest.approx(0.1)
-    assert float(objective.at_step(jnp.int32(9)).attack.threat.eps) == pytest.approx(0.2)
-    at_zero, _ = objective.at_step(jnp.int32(0))(model, variables, batch, keys)
-    clean = ssl.srt(attacks.fgsm(0.0))(model, variables, batch, keys)[0]
+    objective = defenses.srt(attacks.fgsm(0.2), eps_warmup_steps=4)
+    eps = [objective.attacks[0].scaled(objective.ramp(jnp.int32(s))).threat.eps for s in (2, 9)]
+    assert [float(e) for e in eps] == pytest.approx([0.1, 0.2])
+    at_zero, _ = objective(model, variables, batch, keys, step=jnp.int32(0))
+    clean = defenses.srt(attacks.fgsm(0.0))(model, variables, batch, keys)[0]
     np.testing.assert_allclose(at_zero, clean, rtol=1e-6)  # no perturbation at step 0
 
 
@@ -449,14 +457,14 @@ def test_plateau_schedule_resumes_exactly_and_stops_early(tmp_path, linear_regis
     config.validation.update(num_examples=32, jac_examples=0)
     uninterrupted = train_and_evaluate(config, str(tmp_path / "a"))
     assert int(uninterrupted.step) == 9  # stopped after epoch 3 of 4
-    plateau = get_plateau_state(uninterrupted.opt_state)
+    plateau = uninterrupted.schedule_state
     assert int(plateau.reductions) == 2 and float(plateau.lr_scale) == pytest.approx(0.04)
 
     # Killed after step 8 (last checkpoint: step 6, after the first reduction), then resumed.
     partial = train_and_evaluate(config, str(tmp_path / "b"), stop_after_steps=8)
     assert int(partial.step) == 8 and Checkpointer(str(tmp_path / "b")).latest_step() == 6
     resumed = train_and_evaluate(config, str(tmp_path / "b"))
-    _assert_states_equal(uninterrupted, resumed)  # parameters, optimiser + plateau state
+    _assert_states_equal(uninterrupted, resumed)  # parameters, optimiser and plateau state
 
     records = read_metrics(str(tmp_path / "a"))
     epochs = [r for r in records if "val_clean_accuracy" in r]
@@ -485,7 +493,6 @@ def test_plateau_schedule_resumes_exactly_and_stops_early(tmp_path, linear_regis
 def test_semi_supervised_run_logs_labeled_mix_and_monitors(
     tmp_path, monkeypatch, linear_registered
 ):
-    monkeypatch.setitem(defenses.DEFENSES, "fast_srt", ssl.fast_srt_from_config)
     config = tiny_config("fast_at", epochs=1)
     config.model.name = "linear"
     config.data.synthetic.num_examples = 160  # 96 training examples
@@ -494,7 +501,9 @@ def test_semi_supervised_run_logs_labeled_mix_and_monitors(
     config.train.log_every = 1
     with pytest.raises(ValueError, match="semi-supervised defense"):
         train_and_evaluate(config, str(tmp_path / "at"))  # fast_at would read hidden labels
-    config.defense.update(name="fast_srt", lam=1.0)
+    config.defense = dict(
+        name="fast_srt", attack=config.defense.attack.to_dict(), lam=1.0, eps_warmup_epochs=3
+    )
     state = train_and_evaluate(config, str(tmp_path / "srt"))
     assert int(state.step) == 3
     records = read_metrics(str(tmp_path / "srt"))
@@ -512,17 +521,14 @@ def test_semi_supervised_run_logs_labeled_mix_and_monitors(
 def test_spatial_srt_config_trains_with_a_worst_of_k_neighbourhood(tmp_path):
     """``srt_spatial``: SRT whose robust term uses Worst-of-10 rotation-translations, validated
     under Worst-of-10; the other spatial variants build the documented objectives."""
-    for variant, kind in [
-        ("worst_of_k", "CrossEntropyOn"),
-        ("klr", "Regularized"),
-        ("rt_spatial", "SemiSupervisedRobust"),
-    ]:
-        defense = defenses.get_defense(mnist.get_config(variant).defense, 10)
-        assert type(defense).__name__ == kind
-        assert isinstance(defense.attack, attacks.RandomSearch) and defense.attack.num_tries == 10
+    for variant, kind in [("worst_of_k", "pgd_at"), ("klr", "trades"), ("rt_spatial", "rt")]:
+        defense = defenses.build(mnist.get_config(variant).defense, 10)
+        assert defense.name == kind
+        (attack,) = defense.attacks
+        assert isinstance(attack, attacks.RandomSearch) and attack.steps == 10
     config = tiny_config("srt_spatial", epochs=1)
     config.data.num_labeled = 64
-    config.validation.attack.k = 2
+    config.validation.attack.steps = 2
     state = train_and_evaluate(config, str(tmp_path))
     assert int(state.step) == 6
     records = read_metrics(str(tmp_path))

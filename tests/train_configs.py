@@ -18,7 +18,8 @@ def tiny_config(defense: str = "fast_at", epochs: int = 2):
     c.train.log_every = 2
     c.train.checkpoint_every_steps = 4
     c.train.progress = False
-    c.defense.update(step_size=0.05, steps=2) if defense == "pgd_at" else None
+    if defense == "pgd_at":
+        c.defense.attack.update(step_size=0.05, steps=2)
     if c.validation.attack.name == "pgd":
         c.validation.attack.steps = 3
     c.validation.num_examples = 64

@@ -1,4 +1,11 @@
-"""Pure, jittable, vmappable attacks: ``attack(model_fn, variables, x, y, key) -> x_adv``."""
+"""Pure, jittable, vmappable attacks: ``attack(model_fn, variables, x, y, key) -> x_adv``.
+
+Factories share one vocabulary: ``eps`` (budget; ``eps_flow``/``eps_affine``, ``max_angle``/
+``max_translation`` for spatial sets) first, then ``step_size``, ``steps`` (iterations, queries or
+tries), then keyword-only options such as ``norm``, ``loss``, ``restarts``, ``num_targets`` and
+``targeted`` (``y`` are then the targets). ``build(spec)`` makes any attack from a nested dict
+``{"name": <key of ATTACKS>, **hyperparameters}`` (``advjax.attacks.registry``).
+"""
 
 from advjax.attacks.adaptive_boundary import FAB, fab, fab_t
 from advjax.attacks.auto_attack import autoattack
@@ -28,6 +35,7 @@ from advjax.attacks.gradient import (
 from advjax.attacks.minimum_norm import cw_l2, ddn
 from advjax.attacks.multitarget import MultiTargeted, multitargeted, untargeted
 from advjax.attacks.ray_search import RayS, rays
+from advjax.attacks.registry import ATTACKS, build, hyperparameters
 from advjax.attacks.sparse import JSMA, Pointwise, jsma, pointwise
 from advjax.attacks.spatial import (
     GridSearch,
@@ -44,45 +52,6 @@ from advjax.attacks.spatial import (
 )
 from advjax.attacks.square_search import Square, square
 from advjax.attacks.surrogate import Transfer, transfer
-
-ATTACKS = {
-    "fgsm": fgsm,
-    "fgsm_rs": fgsm_rs,
-    "rfgsm": rfgsm,
-    "bim": bim,
-    "pgd": pgd,
-    "mifgsm": mifgsm,
-    "apgd": apgd,
-    "apgd_t": apgd_t,
-    "fab": fab,
-    "fab_t": fab_t,
-    "square": square,
-    "rays": rays,
-    "cw_l2": cw_l2,
-    "ddn": ddn,
-    "brendel_bethge": brendel_bethge,
-    "autoattack": autoattack,
-    "untargeted": untargeted,
-    "multitargeted": multitargeted,
-    "jsma": jsma,
-    "pointwise": pointwise,
-    # Spatial threat models (advjax.threats.spatial).
-    "grid_adv": grid_adv,
-    "rand_adv": rand_adv,
-    "worst_of_k": worst_of_k,
-    "rt_pgd": rt_pgd,
-    "affine_pgd": affine_pgd,
-    "flow_pgd": flow_pgd,
-    "integrated_spatial": integrated_spatial,
-}
-
-
-def get_attack(name: str, **hyperparameters) -> Attack:
-    """Builds an attack by name (see ``ATTACKS``) with keyword hyperparameters."""
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; valid attacks: {', '.join(sorted(ATTACKS))}")
-    return ATTACKS[name](**hyperparameters)
-
 
 __all__ = [
     "GridSearch",
@@ -133,7 +102,8 @@ __all__ = [
     "cascade",
     "fgsm",
     "fgsm_rs",
-    "get_attack",
+    "build",
+    "hyperparameters",
     "mifgsm",
     "pgd",
     "restarts",

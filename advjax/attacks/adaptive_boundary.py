@@ -2,7 +2,7 @@
 
 FAB looks for the smallest Lp perturbation (Linf, L2 or L1) that changes the prediction. The
 targeted version used by AutoAttack ("standard") attacks, one after the other, the classes with
-the 2nd, ..., (n_target_classes + 1)-th highest logit at the clean point; for target ``t`` only the
+the 2nd, ..., (num_targets + 1)-th highest logit at the clean point; for target ``t`` only the
 decision function ``f = z_t - z_y`` and its gradient are needed (one backward pass per step).
 Each iteration (the paper's Algorithm 1):
 
@@ -184,25 +184,26 @@ PROJECTIONS = {"linf": projection_linf, "l2": projection_l2, "l1": projection_l1
 
 @dataclasses.dataclass(frozen=True)
 class FAB(Attack):
-    """FAB-T: targeted FAB over the top ``n_target_classes`` non-true classes (AutoAttack).
+    """FAB-T: FAB towards each of the top ``num_targets`` non-true classes in turn (AutoAttack).
 
-    With ``targeted=False``, the original untargeted FAB (AutoAttack "plus"): at each step the
+    With ``num_targets=None``, the original untargeted FAB (AutoAttack "plus"): at each step the
     decision function is the ``z_j - z_y`` whose linearised boundary is nearest (needs the
-    full Jacobian: K backward passes per step); ``n_target_classes`` is then unused.
+    full Jacobian: K backward passes per step). Either way ``y`` are the true labels and success
+    is misclassification (FAB-T picks its targets itself). Built by ``fab_t`` and ``fab``.
 
     Attributes:
       eps: the budget (success needs ``||x_adv - x||_p <= eps``) and the radius scale of the
         random restarts.
+      steps: FAB iterations per target and restart.
       norm: "linf", "l2" or "l1".
-      n_target_classes: number of targets (the classes with the 2nd, 3rd, ... highest logit).
-      n_iter: FAB iterations per target and restart.
-      n_restarts: runs per target; the first starts at ``x``, the others at random points.
+      num_targets: number of targets (the classes with the 2nd, 3rd, ... highest logit); None
+        for untargeted FAB.
+      restarts: runs per target; the first starts at ``x``, the others at random points.
       alpha_max: the largest bias ``a`` towards ``x``.
       eta: overshoot of the projection step.
       beta: the backward step towards ``x`` after a success.
-      parallel: vmap the target/restart runs (faster on accelerators, ``n_target_classes *
-        n_restarts`` times the memory) instead of ``lax.scan`` over them; identical results.
-      targeted: FAB-T (True) or untargeted FAB (False).
+      parallel: vmap the target/restart runs (faster on accelerators, ``num_targets *
+        restarts`` times the memory) instead of ``lax.scan`` over them; identical results.
       buckets: as in the reference, each target (and restart) runs only on the points for which
         no earlier run found an adversarial example within ``eps``, gathered into the smallest of
         these static sizes (``compaction.on_active``; fractions of the batch). The default
@@ -211,23 +212,23 @@ class FAB(Attack):
     """
 
     eps: float
-    norm: str = "linf"
-    n_target_classes: int = 9
-    n_iter: int = 100
-    n_restarts: int = 1
-    alpha_max: float = 0.1
-    eta: float = 1.05
-    beta: float = 0.9
-    parallel: bool = False
-    targeted: bool = True
-    buckets: tuple[float, ...] = (1.0,)
+    steps: int
+    norm: str
+    num_targets: int | None
+    restarts: int
+    alpha_max: float
+    eta: float
+    beta: float
+    parallel: bool
+    buckets: tuple[float, ...]
 
     def __post_init__(self):
         check_norm(self.norm)
         check_nonnegative(eps=self.eps)
-        check_int("n_target_classes", self.n_target_classes, 1)
-        check_int("n_iter", self.n_iter, 0)
-        check_int("n_restarts", self.n_restarts, 1)
+        if self.num_targets is not None:
+            check_int("num_targets", self.num_targets, 1)
+        check_int("steps", self.steps, 0)
+        check_int("restarts", self.restarts, 1)
         if not 0 <= self.alpha_max <= 1:
             raise ValueError(f"alpha_max must be in [0, 1], got {self.alpha_max}")
         if not self.eta > 0:
@@ -317,7 +318,7 @@ class FAB(Attack):
             return (x1, best_x, best_n), None
 
         init = (x_start.reshape(batch, -1), x0, jnp.full(batch, jnp.inf, x.dtype))
-        (_, best_x, best_n), _ = jax.lax.scan(step, init, None, length=int(self.n_iter))
+        (_, best_x, best_n), _ = jax.lax.scan(step, init, None, length=int(self.steps))
         return best_x.reshape(x.shape), best_n
 
     def run(
@@ -328,25 +329,26 @@ class FAB(Attack):
         x = jax.lax.stop_gradient(x)
         logits = model_fn(variables, x)
         num_classes = logits.shape[-1]
-        if self.targeted:
-            if self.n_target_classes > num_classes - 1:
+        targeted = self.num_targets is not None
+        if targeted:
+            if self.num_targets > num_classes - 1:
                 raise ValueError(
-                    f"n_target_classes ({self.n_target_classes}) must be at most the number of "
+                    f"num_targets ({self.num_targets}) must be at most the number of "
                     f"classes minus one ({num_classes - 1})"
                 )
             # The k-th highest non-true logit (= the (k+1)-th highest for correctly classified x).
             others = jnp.where(jax.nn.one_hot(y, num_classes, dtype=bool), -jnp.inf, logits)
-            targets = jax.lax.top_k(others, self.n_target_classes)[1]  # [B, T]
+            targets = jax.lax.top_k(others, self.num_targets)[1]  # [B, T]
         else:
             targets = y[:, None]  # a placeholder: one untargeted run per restart
         num_targets = targets.shape[1]
-        run_targets = jnp.repeat(targets.T, self.n_restarts, axis=0)  # [T * R, B], target-major
-        run_random = jnp.tile(jnp.arange(self.n_restarts) > 0, num_targets)
-        run_keys = split_keys(key, num_targets * self.n_restarts)
+        run_targets = jnp.repeat(targets.T, self.restarts, axis=0)  # [T * R, B], target-major
+        run_random = jnp.tile(jnp.arange(self.restarts) > 0, num_targets)
+        run_keys = split_keys(key, num_targets * self.restarts)
 
         def one(target, k, random):
-            start = jnp.where(random, self.random_start(k, x), x) if self.n_restarts > 1 else x
-            target = target if self.targeted else None
+            start = jnp.where(random, self.random_start(k, x), x) if self.restarts > 1 else x
+            target = target if targeted else None
             return self.single_run(model_fn, variables, x, y, target, start)
 
         if self.parallel:
@@ -362,9 +364,9 @@ class FAB(Attack):
                 def run_rows(x_rows, y_rows, target_rows, *key_rows):
                     k_rows = key_rows[0] if key_rows else k
                     start = x_rows
-                    if self.n_restarts > 1:
+                    if self.restarts > 1:
                         start = jnp.where(random, self.random_start(k_rows, x_rows), x_rows)
-                    target_rows = target_rows if self.targeted else None
+                    target_rows = target_rows if targeted else None
                     return self.single_run(model_fn, variables, x_rows, y_rows, target_rows, start)
 
                 rows = (x, y, target) + ((k,) if k.ndim > 0 else ())
@@ -383,10 +385,11 @@ class FAB(Attack):
 
 def fab_t(
     eps: float,
+    steps: int = 100,
+    *,
     norm: str = "linf",
-    n_target_classes: int = 9,
-    n_iter: int = 100,
-    n_restarts: int = 1,
+    num_targets: int = 9,
+    restarts: int = 1,
     alpha_max: float = 0.1,
     eta: float = 1.05,
     beta: float = 0.9,
@@ -396,31 +399,43 @@ def fab_t(
     """FAB-T (Croce & Hein, ICML 2020, Algorithm 1; targeted version of AutoAttack, ICML 2020).
 
     AutoAttack-standard defaults: 9 targets, 100 iterations, 1 restart, ``alpha_max = 0.1``,
-    ``eta = 1.05``, ``beta = 0.9``. ``buckets``: see ``FAB``.
+    ``eta = 1.05``, ``beta = 0.9``. ``y`` are labels; ``buckets``: see ``FAB``.
     """
     return FAB(
-        eps,
-        norm,
-        n_target_classes,
-        n_iter,
-        n_restarts,
-        alpha_max,
-        eta,
-        beta,
-        parallel,
+        eps=eps,
+        steps=steps,
+        norm=norm,
+        num_targets=num_targets,
+        restarts=restarts,
+        alpha_max=alpha_max,
+        eta=eta,
+        beta=beta,
+        parallel=parallel,
         buckets=tuple(buckets),
     )
 
 
 def fab(
     eps: float,
+    steps: int = 100,
+    *,
     norm: str = "linf",
-    n_iter: int = 100,
-    n_restarts: int = 1,
+    restarts: int = 1,
     alpha_max: float = 0.1,
     eta: float = 1.05,
     beta: float = 0.9,
     parallel: bool = False,
 ) -> FAB:
     """Untargeted FAB (Croce & Hein, ICML 2020, Algorithm 1); AutoAttack "plus" uses 5 restarts."""
-    return FAB(eps, norm, 1, n_iter, n_restarts, alpha_max, eta, beta, parallel, targeted=False)
+    return FAB(
+        eps=eps,
+        steps=steps,
+        norm=norm,
+        num_targets=None,
+        restarts=restarts,
+        alpha_max=alpha_max,
+        eta=eta,
+        beta=beta,
+        parallel=parallel,
+        buckets=(1.0,),
+    )

@@ -22,17 +22,18 @@ from advjax.attacks import adaptive_boundary as fab
 from advjax.attacks import autopgd as apgd
 from advjax.attacks import square_search as square
 from advjax.attacks.base import Attack
-from advjax.attacks.combinators import Cascade
+from advjax.attacks.combinators import cascade
 
 VERSIONS = ("standard", "plus", "rand")
 # Static sizes (fractions of the rows a component gets) that APGD-T and FAB-T gather the points
 # still robust into before each target class (compaction.on_active).
 TARGET_BUCKETS = (1.0, 0.5)
 
+# Component names are the registry / evaluation-preset names (``advjax.eval.presets``).
 COMPONENTS = {
-    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
-    "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
-    "rand": ("apgd-ce", "apgd-dlr"),
+    "standard": ("apgd_ce", "apgd_t", "fab_t", "square"),
+    "plus": ("apgd_ce", "apgd_dlr", "fab", "square", "apgd_t", "fab_t"),
+    "rand": ("apgd_ce", "apgd_dlr"),
 }
 
 
@@ -49,38 +50,33 @@ def components(
     targets = min(9, num_classes - 1)
     if norm == "l1" and version == "standard":
         return {
-            "apgd-ce": apgd.apgd(eps, norm="l1", loss="ce", n_restarts=5, use_largereps=True),
-            "apgd-t": apgd.apgd_t(
-                eps, norm="l1", n_target_classes=min(5, num_classes - 1), use_largereps=True
+            "apgd_ce": apgd.apgd(eps, norm="l1", loss="ce", restarts=5, use_largereps=True),
+            "apgd_t": apgd.apgd_t(
+                eps, norm="l1", num_targets=min(5, num_classes - 1), use_largereps=True
             ),
         }
     restarts = 5 if version == "plus" else 1
     eot = 20 if version == "rand" else 1
     built: dict[str, Attack] = {}
     for name in COMPONENTS[version]:
-        if name == "apgd-ce":
-            built[name] = apgd.apgd(eps, norm=norm, loss="ce", n_restarts=restarts, eot_iter=eot)
-        elif name == "apgd-dlr":
-            built[name] = apgd.apgd(eps, norm=norm, loss="dlr", n_restarts=restarts, eot_iter=eot)
-        elif name == "apgd-t":
-            built[name] = apgd.apgd_t(
-                eps, norm=norm, n_target_classes=targets, buckets=TARGET_BUCKETS
-            )
-        elif name == "fab-t":
-            built[name] = fab.fab_t(
-                eps, norm=norm, n_target_classes=targets, buckets=TARGET_BUCKETS
-            )
+        if name == "apgd_ce":
+            built[name] = apgd.apgd(eps, norm=norm, loss="ce", restarts=restarts, eot_samples=eot)
+        elif name == "apgd_dlr":
+            built[name] = apgd.apgd(eps, norm=norm, loss="dlr", restarts=restarts, eot_samples=eot)
+        elif name == "apgd_t":
+            built[name] = apgd.apgd_t(eps, norm=norm, num_targets=targets, buckets=TARGET_BUCKETS)
+        elif name == "fab_t":
+            built[name] = fab.fab_t(eps, norm=norm, num_targets=targets, buckets=TARGET_BUCKETS)
         elif name == "fab":
-            if hasattr(fab, "fab"):
-                built[name] = fab.fab(eps, norm=norm, n_restarts=restarts)
-        elif name == "square":
-            if norm in ("linf", "l2"):
-                built[name] = square.square(eps, norm=norm, n_queries=5000)
+            built[name] = fab.fab(eps, norm=norm, restarts=restarts)
+        elif name == "square" and norm in ("linf", "l2"):
+            built[name] = square.square(eps, norm=norm)
     return built
 
 
 def autoattack(
-    eps: float, norm: str = "linf", version: str = "standard", num_classes: int = 10
+    eps: float, *, norm: str = "linf", version: str = "standard", num_classes: int = 10
 ) -> Attack:
-    """AutoAttack ``version`` at budget ``eps`` as one cascade attack."""
-    return Cascade(tuple(components(eps, norm, version, num_classes).values()))
+    """AutoAttack ``version`` at budget ``eps`` as one cascade attack (components: ``COMPONENTS``,
+    for a model with ``num_classes`` classes)."""
+    return cascade(*components(eps, norm, version, num_classes).values())

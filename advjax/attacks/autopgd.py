@@ -18,15 +18,15 @@ gradient there), when
 
 L1 (the reference's L1-APGD, Croce & Hein, ICCV 2021 "Mind the box"): step ``eta = eps``, no
 momentum, the direction moves the top ``topk`` fraction of the coordinates by ``|grad|``
-(``topk = 0.2`` at first), checked every ``max(int(0.04 n_iter), 1)`` iterations: the new
+(``topk = 0.2`` at first), checked every ``max(int(0.04 steps), 1)`` iterations: the new
 ``topk`` is ``||x_max - x||_0 / D / 1.5``; if the sparsity of ``x_max`` fell below 0.95 of its
 value at the last check the step resets to ``eps`` and the run restarts from ``x_max``, else the
 step is divided by 1.5 (within ``[eps / 10, eps]``). ``use_largereps`` runs 30% / 30% / 40% of the
 iterations at ``3 eps``, ``2 eps``, ``eps``, each stage starting from the last one's ``x_max``.
 
 Losses: cross-entropy and DLR (eq. 5) for APGD; for APGD-T the targeted DLR (eq. 6) towards the
-``k``-th most likely class at the clean point, ``k = 2 .. n_target_classes + 1``, one run of
-``n_iter`` iterations per target (the reference's default for every norm, L1 included; the
+``k``-th most likely class at the clean point, ``k = 2 .. num_targets + 1``, one run of
+``steps`` iterations per target (the reference's default for every norm, L1 included; the
 reference's unused ``ce-targeted`` loss is available as ``loss="ce"``).
 
 Result (``AttackResult``): ``success`` is untargeted (some iterate, or the clean point, is
@@ -41,8 +41,8 @@ Reference details kept on purpose (so trajectories match the reference step for 
 * the oscillation count at the first checkpoint compares the first iterate's loss with 0 (the
   reference reads ``loss_steps[-1]``, not yet written), and uses ``<= rho * window``;
 * after a restart from ``x_max`` the momentum term is ``x_max - x_{k-1}``;
-* with EoT the gradient is averaged over ``eot_iter`` draws, the loss and prediction are the last
-  draw's;
+* with EoT the gradient is averaged over ``eot_samples`` draws, the loss and prediction are the
+  last draw's;
 * the L2 projection is the reference's: onto the L2 ball, then clipped to the box (feasible, not
   the exact projection onto the intersection); Linf uses ``LpBall.project`` (the same clip); L1
   uses the exact projection onto the L1 ball ∩ box (``project_l1_box``; the reference's is exact
@@ -96,8 +96,8 @@ class APGDTrace(NamedTuple):
 
     Fields: ``x_best`` / ``loss_best`` (maximum-loss point ``x_max`` and its loss), ``x_best_adv`` /
     ``loss_adv`` (last misclassified iterate, the start point if none, and its loss), ``fooled``
-    (some iterate misclassified), ``losses`` ``[n_iter, B]`` (loss of each iterate),
-    ``step_sizes`` ``[n_iter, B]`` (step size used by each iteration), ``restarts`` ``[n_iter, B]``
+    (some iterate misclassified), ``losses`` ``[steps, B]`` (loss of each iterate),
+    ``step_sizes`` ``[steps, B]`` (step size used by each iteration), ``restarts`` ``[steps, B]``
     (the check after that iteration reduced the step / restarted from ``x_max``).
     """
 
@@ -111,7 +111,7 @@ class APGDTrace(NamedTuple):
     restarts: jax.Array
 
 
-def checkpoint_schedule(n_iter: int, norm: str = "linf") -> tuple[int, ...]:
+def checkpoint_schedule(steps: int, norm: str = "linf") -> tuple[int, ...]:
     """Iteration counts after which APGD checks its step size (the reference's counters).
 
     Linf/L2: windows of ``max(int(0.22 n), 1)`` iterations, shrinking by ``max(int(0.03 n), 1)``
@@ -120,40 +120,40 @@ def checkpoint_schedule(n_iter: int, norm: str = "linf") -> tuple[int, ...]:
     """
     check_norm(norm)
     if norm == "l1":
-        window = max(int(0.04 * n_iter), 1)
-        return tuple(range(window, n_iter + 1, window))
-    window = max(int(0.22 * n_iter), 1)
-    window_min = max(int(0.06 * n_iter), 1)
-    decrease = max(int(0.03 * n_iter), 1)
+        window = max(int(0.04 * steps), 1)
+        return tuple(range(window, steps + 1, window))
+    window = max(int(0.22 * steps), 1)
+    window_min = max(int(0.06 * steps), 1)
+    decrease = max(int(0.03 * steps), 1)
     points, done = [], 0
-    while done + window <= n_iter:
+    while done + window <= steps:
         done += window
         points.append(done)
         window = max(window - decrease, window_min)
     return tuple(points)
 
 
-def _schedule_arrays(n_iter: int, norm: str, rho: float) -> tuple[np.ndarray, np.ndarray]:
+def _schedule_arrays(steps: int, norm: str, rho: float) -> tuple[np.ndarray, np.ndarray]:
     """Static per-iteration arrays: is there a check after iteration i, and its threshold.
 
     The threshold is ``rho * window`` rounded to float32 as in the reference's comparison.
     """
-    is_check = np.zeros(n_iter, bool)
-    threshold = np.zeros(n_iter, np.float32)
+    is_check = np.zeros(steps, bool)
+    threshold = np.zeros(steps, np.float32)
     last = 0
-    for point in checkpoint_schedule(n_iter, norm):
+    for point in checkpoint_schedule(steps, norm):
         is_check[point - 1] = True
         threshold[point - 1] = np.float32((point - last) * rho)
         last = point
     return is_check, threshold
 
 
-def apgd_targets(logits: jax.Array, n_target_classes: int) -> jax.Array:
+def apgd_targets(logits: jax.Array, num_targets: int) -> jax.Array:
     """APGD-T targets ``[B, n]``: column ``j`` is the ``(j + 2)``-th most likely class.
 
     For a correctly classified point these are its ``n`` most likely wrong classes.
     """
-    return jax.lax.top_k(logits, n_target_classes + 1)[1][:, 1:]
+    return jax.lax.top_k(logits, num_targets + 1)[1][:, 1:]
 
 
 def halving_condition(
@@ -242,16 +242,16 @@ def _largereps_start(key: jax.Array, x: jax.Array, eps: Any) -> jax.Array:
     return noisy + _l1_correction(noisy - x, x, LARGEREPS_EPS[0] * eps)
 
 
-def _largereps_iters(n_iter: int) -> tuple[int, int, int]:
-    first = math.ceil(0.3 * n_iter)
-    second = math.ceil(0.3 * n_iter)
-    return first, second, n_iter - first - second
+def _largereps_iters(steps: int) -> tuple[int, int, int]:
+    first = math.ceil(0.3 * steps)
+    second = math.ceil(0.3 * steps)
+    return first, second, steps - first - second
 
 
-def _model_keys(key: jax.Array, num: int, eot_iter: int) -> jax.Array:
-    """Keys of the randomised model: ``[num, eot_iter]`` or ``[num, eot_iter, B]``."""
-    keys = split_keys(key, num * eot_iter)
-    return keys.reshape((num, eot_iter) + keys.shape[1:])
+def _model_keys(key: jax.Array, num: int, eot_samples: int) -> jax.Array:
+    """Keys of the randomised model: ``[num, eot_samples]`` or ``[num, eot_samples, B]``."""
+    keys = split_keys(key, num * eot_samples)
+    return keys.reshape((num, eot_samples) + keys.shape[1:])
 
 
 class _Evaluator(NamedTuple):
@@ -261,7 +261,7 @@ class _Evaluator(NamedTuple):
     variables: Any
     loss_fn: Any
     target: Any
-    eot_iter: int
+    eot_samples: int
 
     def forward(self, x_adv: jax.Array, model_key: jax.Array | None) -> jax.Array:
         if model_key is None:
@@ -291,7 +291,7 @@ class _Evaluator(NamedTuple):
             return grad_sum + grad, (loss, logits)
 
         grad_sum, (loss, logits) = jax.lax.scan(draw, jnp.zeros_like(x_adv), model_keys)
-        return grad_sum / self.eot_iter, loss[-1], logits[-1]
+        return grad_sum / self.eot_samples, loss[-1], logits[-1]
 
 
 class _State(NamedTuple):
@@ -334,11 +334,11 @@ def _stage(
     *,
     eps: Any,
     norm: str,
-    n_iter: int,
+    steps: int,
     rho: float,
     sparsity_from_start: bool,
 ) -> tuple[_State, tuple[jax.Array, jax.Array, jax.Array]]:
-    """``n_iter`` APGD iterations from ``x_start`` (the reference's ``attack_single_run``)."""
+    """``steps`` APGD iterations from ``x_start`` (the reference's ``attack_single_run``)."""
     if norm == "l2":
         project = lambda v: _project_l2_reference(v, x, eps)  # noqa: E731
     elif norm == "l1":
@@ -374,8 +374,8 @@ def _stage(
         topk=topk,
         sparsity_old=sparsity,
     )
-    is_check, threshold = _schedule_arrays(n_iter, norm, rho)
-    momentum = np.full(n_iter, MOMENTUM, np.float32)
+    is_check, threshold = _schedule_arrays(steps, norm, rho)
+    momentum = np.full(steps, MOMENTUM, np.float32)
     momentum[:1] = 1.0
 
     def iteration(s: _State, xs):
@@ -442,19 +442,19 @@ def _stage(
 
     keys = None if model_keys is None else model_keys[1:]
     xs = (jnp.asarray(momentum), jnp.asarray(is_check), jnp.asarray(threshold), keys)
-    return jax.lax.scan(iteration, state, xs, length=n_iter)
+    return jax.lax.scan(iteration, state, xs, length=steps)
 
 
 @dataclasses.dataclass(frozen=True)
 class _APGDBase(Attack):
     eps: float
-    norm: str = "linf"
-    loss: str = "ce"
-    n_iter: int = 100
-    n_restarts: int = 1
-    rho: float = 0.75
-    eot_iter: int = 1
-    use_largereps: bool = False
+    steps: int
+    norm: str
+    loss: str
+    restarts: int
+    rho: float
+    eot_samples: int
+    use_largereps: bool
 
     _valid_losses = UNTARGETED_LOSSES
 
@@ -467,7 +467,7 @@ class _APGDBase(Attack):
             raise ValueError(
                 f"unknown loss {self.loss!r}; valid losses: {', '.join(self._valid_losses)}"
             )
-        for name in ("n_iter", "n_restarts", "eot_iter"):
+        for name in ("steps", "restarts", "eot_samples"):
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
@@ -475,8 +475,8 @@ class _APGDBase(Attack):
             raise ValueError(f"rho must be in [0, 1], got {self.rho}")
         if self.use_largereps and self.norm != "l1":
             raise ValueError(f"use_largereps is for the L1 norm only, got norm={self.norm!r}")
-        if self.use_largereps and self.n_iter < 3:
-            raise ValueError(f"use_largereps needs n_iter >= 3, got {self.n_iter}")
+        if self.use_largereps and self.steps < 3:
+            raise ValueError(f"use_largereps needs steps >= 3, got {self.steps}")
 
     def scaled(self, factor: Any) -> _APGDBase:
         return dataclasses.replace(self, eps=self.eps * factor)
@@ -514,22 +514,23 @@ class _APGDBase(Attack):
         key: jax.Array,
         x_init: jax.Array | None = None,
     ) -> APGDTrace:
-        evaluator = _Evaluator(model_fn, variables, self._loss_fn(), target, int(self.eot_iter))
-        k_init, k_model = split_keys(key, 2) if self.eot_iter > 1 else (key, None)
-        n_iter = int(self.n_iter)
+        eot = int(self.eot_samples)
+        evaluator = _Evaluator(model_fn, variables, self._loss_fn(), target, eot)
+        k_init, k_model = split_keys(key, 2) if self.eot_samples > 1 else (key, None)
+        steps = int(self.steps)
         if self.use_largereps:
             epss = tuple(f * self.eps for f in LARGEREPS_EPS)
-            stages = tuple(zip(epss, _largereps_iters(n_iter), strict=True))
+            stages = tuple(zip(epss, _largereps_iters(steps), strict=True))
             start = _largereps_start(k_init, x, self.eps) if x_init is None else x_init
         else:
-            stages = ((self.eps, n_iter),)
+            stages = ((self.eps, steps),)
             start = _random_start(k_init, x, self.eps, self.norm) if x_init is None else x_init
         stage_keys = None if k_model is None else split_keys(k_model, len(stages))
         history = []
         for i, (eps, iters) in enumerate(stages):
             model_keys = None
             if stage_keys is not None:
-                model_keys = _model_keys(stage_keys[i], iters + 1, int(self.eot_iter))
+                model_keys = _model_keys(stage_keys[i], iters + 1, int(self.eot_samples))
             if self.use_largereps:
                 start = start + _l1_correction(start - x, x, eps)
             state, ys = _stage(
@@ -540,13 +541,15 @@ class _APGDBase(Attack):
                 model_keys,
                 eps=eps,
                 norm=self.norm,
-                n_iter=iters,
+                steps=iters,
                 rho=self.rho,
                 sparsity_from_start=self.use_largereps or x_init is not None,
             )
             history.append(ys)
             start = state.x_best
-        losses_, steps, restarts = (jnp.concatenate(h, axis=0) for h in zip(*history, strict=True))
+        losses_, step_sizes, restarted = (
+            jnp.concatenate(h, axis=0) for h in zip(*history, strict=True)
+        )
         return APGDTrace(
             x_best=state.x_best,
             loss_best=state.loss_best,
@@ -554,8 +557,8 @@ class _APGDBase(Attack):
             loss_adv=state.loss_adv,
             fooled=state.fooled,
             losses=losses_,
-            step_sizes=steps,
-            restarts=restarts,
+            step_sizes=step_sizes,
+            restarts=restarted,
         )
 
     def _run_result(self, model_fn, variables, x, y, target, key) -> AttackResult:
@@ -575,19 +578,19 @@ class _APGDBase(Attack):
 
     def _split_clean_key(self, key: jax.Array) -> tuple[jax.Array | None, jax.Array]:
         """A key for the clean forward pass (randomised models only) and one for the runs."""
-        if self.eot_iter > 1:
+        if self.eot_samples > 1:
             k_clean, k_runs = split_keys(key, 2)
             return k_clean, k_runs
         return None, key
 
     def _run_keys(self, key: jax.Array, n_groups: int) -> jax.Array:
-        """Keys ``[n_groups, n_restarts]`` (``+ [B]`` for per-example keys), one per run."""
-        n_runs = n_groups * int(self.n_restarts)
+        """Keys ``[n_groups, restarts]`` (``+ [B]`` for per-example keys), one per run."""
+        n_runs = n_groups * int(self.restarts)
         keys = key[None] if n_runs == 1 else split_keys(key, n_runs)
-        return keys.reshape((n_groups, int(self.n_restarts)) + keys.shape[1:])
+        return keys.reshape((n_groups, int(self.restarts)) + keys.shape[1:])
 
     def _clean_logits(self, model_fn, variables, x, key) -> jax.Array:
-        evaluator = _Evaluator(model_fn, variables, None, None, int(self.eot_iter))
+        evaluator = _Evaluator(model_fn, variables, None, None, int(self.eot_samples))
         return evaluator.forward(x, key)
 
     def _num_classes(self, model_fn, variables, x, key) -> int:
@@ -613,11 +616,11 @@ class APGD(_APGDBase):
       eps: radius of the Lp ball.
       norm: "linf", "l2" or "l1".
       loss: "ce" or "dlr".
-      n_iter: iterations per run.
-      n_restarts: runs from independent random starts (vmapped), per-example worst case.
+      steps: iterations per run.
+      restarts: runs from independent random starts (vmapped), per-example worst case.
       rho: threshold of the oscillation check (condition 1).
-      eot_iter: gradient draws per iteration for randomised models (expectation over
-        transformation); with ``eot_iter > 1`` each draw calls the model with a fresh key through
+      eot_samples: gradient draws per iteration for randomised models (expectation over
+        transformation); with ``eot_samples > 1`` each draw calls the model with a fresh key via
         ``with_model_key`` (per-example keys give per-example draws).
       use_largereps: L1 only, the reference's ``3 eps -> 2 eps -> eps`` schedule.
     """
@@ -659,31 +662,30 @@ class APGD(_APGDBase):
 @dataclasses.dataclass(frozen=True)
 class APGDTargeted(_APGDBase):
     """APGD-T (Croce & Hein 2020, sec. 3.3 and 4): APGD on the targeted DLR loss (eq. 6) towards
-    each of the ``n_target_classes`` most likely wrong classes at the clean point in turn.
+    each of the ``num_targets`` most likely wrong classes at the clean point in turn.
 
-    Attributes as ``APGD``, plus ``n_target_classes`` (targets ``k = 2 .. n + 1``); ``loss`` is
+    Attributes as ``APGD``, plus ``num_targets`` (targets ``k = 2 .. n + 1``); ``loss`` is
     "dlr" (targeted DLR, the reference's choice for every norm) or "ce" (minus the cross-entropy
-    towards the target). Total cost: at most ``n_target_classes * n_restarts`` runs (restarts
+    towards the target). Total cost: at most ``num_targets * restarts`` runs (restarts
     vmapped, targets one after another). As in the reference, each target runs only on the points
     no earlier target broke: ``buckets`` are the static sizes they are gathered into
     (``compaction.on_active``; the default ``(1.0,)`` keeps the whole batch and only skips a target
     once every point is broken).
     """
 
-    loss: str = "dlr"
-    n_target_classes: int = 9
-    buckets: tuple[float, ...] = (1.0,)
+    num_targets: int
+    buckets: tuple[float, ...]
 
     _valid_losses = TARGETED_LOSSES
 
     def __post_init__(self):
         super().__post_init__()
-        value = self.n_target_classes
+        value = self.num_targets
         if isinstance(value, bool) or int(value) != value or value < 1:
-            raise ValueError(f"n_target_classes must be a positive integer, got {value}")
+            raise ValueError(f"num_targets must be a positive integer, got {value}")
 
     def _min_classes(self) -> int:
-        needed = self.n_target_classes + 1
+        needed = self.num_targets + 1
         return max(needed, 4) if self.loss == "dlr" else needed
 
     def _loss_fn(self):
@@ -718,12 +720,12 @@ class APGDTargeted(_APGDBase):
         k_clean, k_runs = self._split_clean_key(key)
         clean_logits = self._clean_logits(model_fn, variables, x, k_clean)
         self._check_inputs(x, y, clean_logits.shape[-1])
-        n_targets = int(self.n_target_classes)
+        n_targets = int(self.num_targets)
         targets = apgd_targets(clean_logits, n_targets).T  # [n_targets, B]
         keys = self._run_keys(k_runs, n_targets)
 
         def per_target(best: AttackResult, inputs):
-            target, target_keys = inputs  # [B]; [n_restarts] or [n_restarts, B]
+            target, target_keys = inputs  # [B]; [restarts] or [restarts, B]
 
             def run_rows(x_rows, y_rows, target_rows, *key_rows):
                 keys_rows = jnp.moveaxis(key_rows[0], 0, 1) if key_rows else target_keys
@@ -750,41 +752,52 @@ class APGDTargeted(_APGDBase):
 
 def apgd(
     eps: float,
+    steps: int = 100,
+    *,
     norm: str = "linf",
     loss: str = "ce",
-    n_iter: int = 100,
-    n_restarts: int = 1,
+    restarts: int = 1,
     rho: float = 0.75,
-    eot_iter: int = 1,
+    eot_samples: int = 1,
     use_largereps: bool = False,
 ) -> APGD:
     """APGD-CE / APGD-DLR (Croce & Hein 2020, Algorithm 1; defaults of fra31/auto-attack)."""
-    return APGD(eps, norm, loss, n_iter, n_restarts, rho, eot_iter, use_largereps)
+    return APGD(
+        eps=eps,
+        steps=steps,
+        norm=norm,
+        loss=loss,
+        restarts=restarts,
+        rho=rho,
+        eot_samples=eot_samples,
+        use_largereps=use_largereps,
+    )
 
 
 def apgd_t(
     eps: float,
+    steps: int = 100,
+    *,
     norm: str = "linf",
-    n_iter: int = 100,
-    n_target_classes: int = 9,
-    n_restarts: int = 1,
-    rho: float = 0.75,
-    eot_iter: int = 1,
-    use_largereps: bool = False,
+    num_targets: int = 9,
+    restarts: int = 1,
     loss: str = "dlr",
+    rho: float = 0.75,
+    eot_samples: int = 1,
+    use_largereps: bool = False,
     buckets: tuple[float, ...] = (1.0,),
 ) -> APGDTargeted:
-    """APGD-T (Croce & Hein 2020): targeted DLR towards the 9 most likely wrong classes; each
-    target only on the points still robust (``buckets``: see ``APGDTargeted``)."""
+    """APGD-T (Croce & Hein 2020): targeted DLR towards the 9 most likely wrong classes; ``y``
+    are labels; each target only on the points still robust (``buckets``: see ``APGDTargeted``)."""
     return APGDTargeted(
-        eps,
-        norm,
-        loss,
-        n_iter,
-        n_restarts,
-        rho,
-        eot_iter,
-        use_largereps,
-        n_target_classes=n_target_classes,
+        eps=eps,
+        steps=steps,
+        norm=norm,
+        loss=loss,
+        restarts=restarts,
+        rho=rho,
+        eot_samples=eot_samples,
+        use_largereps=use_largereps,
+        num_targets=num_targets,
         buckets=tuple(buckets),
     )

@@ -17,8 +17,9 @@ A minimum-norm attack that walks along the decision boundary. From an adversaria
    and, where the linearised boundary is out of reach, takes the largest step towards it within
    the trust region and the box;
 
-and the smallest adversarial point met is kept. The radius is ``r = lr * d`` (``d`` the number
-of input values), with ``lr`` halved ``lr_num_decay`` times at regular intervals.
+and the smallest adversarial point met is kept. The radius is ``r = step_size * d`` (``d`` the
+number of input values; foolbox's ``lr``), with ``step_size`` halved ``num_decays`` times at
+regular intervals.
 
 The subproblem is solved by bisection, which is exact up to its tolerance: for a Linf radius
 ``t``, the problem is feasible iff the point of the box ``[-t, t] & [0, 1] - x0`` on the
@@ -135,40 +136,43 @@ class BrendelBethge(MinimumNormAttack):
 
     Attributes:
       eps: optional Linf budget of ``success``.
+      step_size: trust-region radius per input value: the radius is ``step_size * d``
+        (foolbox's ``lr``, default 1e-3).
       steps: boundary steps (the UDR document: 200; foolbox's default 1000).
-      lr, lr_decay, lr_num_decay: trust-region radius ``lr * d``, multiplied by ``lr_decay``
-        ``lr_num_decay`` times at regular intervals (foolbox's defaults 1e-3, 0.5, 20).
+      step_size_decay, num_decays: ``step_size`` is multiplied by ``step_size_decay``
+        ``num_decays`` times at regular intervals (foolbox's ``lr_decay = 0.5``,
+        ``lr_num_decay = 20``).
       momentum: averaging of the boundary normal over steps.
       overshoot: aim ``overshoot`` times past the linearised boundary (1 = onto it).
       binary_search_steps: halvings of the search between the start and ``x0``.
       init_eps, init_steps, init_step_size: the PGD start (step ``init_eps / 2`` by default).
-      solver_iters: bisection halvings of the trust-region subproblem.
+      solver_steps: bisection halvings of the trust-region subproblem.
       targeted: ``y`` holds target classes.
     """
 
-    eps: float | None = None
-    steps: int = 200
-    lr: float = 1e-3
-    lr_decay: float = 0.5
-    lr_num_decay: int = 20
-    momentum: float = 0.8
-    overshoot: float = 1.1
-    binary_search_steps: int = 10
-    init_eps: float = 1.0
-    init_steps: int = 20
-    init_step_size: float | None = None
-    solver_iters: int = 20
-    targeted: bool = False
+    eps: float | None
+    step_size: float
+    steps: int
+    step_size_decay: float
+    num_decays: int
+    momentum: float
+    overshoot: float
+    binary_search_steps: int
+    init_eps: float
+    init_steps: int
+    init_step_size: float | None
+    solver_steps: int
+    targeted: bool
 
     def __post_init__(self):
         check_int("steps", self.steps, 1)
-        check_int("lr_num_decay", self.lr_num_decay, 1)
+        check_int("num_decays", self.num_decays, 1)
         check_int("binary_search_steps", self.binary_search_steps, 0)
         check_int("init_steps", self.init_steps, 1)
-        check_int("solver_iters", self.solver_iters, 1)
-        check_nonnegative(lr=self.lr, init_eps=self.init_eps)
-        if not 0 < self.lr_decay <= 1:
-            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
+        check_int("solver_steps", self.solver_steps, 1)
+        check_nonnegative(step_size=self.step_size, init_eps=self.init_eps)
+        if not 0 < self.step_size_decay <= 1:
+            raise ValueError(f"step_size_decay must be in (0, 1], got {self.step_size_decay}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 1 <= self.overshoot < 2:
@@ -207,8 +211,8 @@ class BrendelBethge(MinimumNormAttack):
         x = jax.lax.stop_gradient(x)
         x_start, found = self._start(model_fn, variables, x, y, key)
         dim = math.prod(x.shape[1:])
-        interval = max(1, self.steps // self.lr_num_decay)
-        solve = jax.vmap(lambda *a: solve_linf_step(*a, iters=self.solver_iters))
+        interval = max(1, self.steps // self.num_decays)
+        solve = jax.vmap(lambda *a: solve_linf_step(*a, iters=self.solver_steps))
 
         def diff_and_normal(z):
             def total(z):
@@ -230,7 +234,8 @@ class BrendelBethge(MinimumNormAttack):
             normal_avg = jnp.where(
                 i == 0, normal, (1 - self.momentum) * normal + self.momentum * normal_avg
             )
-            lr = self.lr * self.lr_decay ** ((i + 2) // interval)  # foolbox's decay points
+            # foolbox's decay points
+            lr = self.step_size * self.step_size_decay ** ((i + 2) // interval)
             c = jnp.where(ld > 0, -self.overshoot * ld, -(2 - self.overshoot) * ld)
             flat = lambda v: v.reshape(v.shape[0], -1)  # noqa: E731
             radius = jnp.full_like(ld, lr * dim)
@@ -254,13 +259,34 @@ class BrendelBethge(MinimumNormAttack):
 
 def brendel_bethge(
     eps: float | None = None,
+    step_size: float = 1e-3,
     steps: int = 200,
-    lr: float = 1e-3,
+    *,
+    step_size_decay: float = 0.5,
+    num_decays: int = 20,
+    momentum: float = 0.8,
+    overshoot: float = 1.1,
+    binary_search_steps: int = 10,
     init_eps: float = 1.0,
+    init_steps: int = 20,
+    init_step_size: float | None = None,
+    solver_steps: int = 20,
     targeted: bool = False,
-    **kwargs: Any,
 ) -> BrendelBethge:
-    """Linf B&B with the UDR document's 200 steps (foolbox defaults otherwise)."""
+    """Linf B&B with the UDR document's 200 steps (foolbox defaults otherwise); the PGD start
+    steps ``init_eps / 2`` when ``init_step_size`` is None."""
     return BrendelBethge(
-        eps=eps, steps=steps, lr=lr, init_eps=init_eps, targeted=targeted, **kwargs
+        eps=eps,
+        step_size=step_size,
+        steps=steps,
+        step_size_decay=step_size_decay,
+        num_decays=num_decays,
+        momentum=momentum,
+        overshoot=overshoot,
+        binary_search_steps=binary_search_steps,
+        init_eps=init_eps,
+        init_steps=init_steps,
+        init_step_size=init_step_size,
+        solver_steps=solver_steps,
+        targeted=targeted,
     )

@@ -46,28 +46,32 @@ def reduce_worst(results: AttackResult) -> AttackResult:
 
 @dataclasses.dataclass(frozen=True)
 class Restarts(Attack):
-    """``num_restarts`` runs of ``attack`` from independent keys; per-example worst case."""
+    """``restarts`` runs of ``attack`` from independent keys; per-example worst case."""
 
     attack: Attack
-    num_restarts: int
+    restarts: int
 
     def __post_init__(self):
-        if int(self.num_restarts) != self.num_restarts or self.num_restarts < 1:
-            raise ValueError(f"num_restarts must be a positive integer, got {self.num_restarts}")
+        if int(self.restarts) != self.restarts or self.restarts < 1:
+            raise ValueError(f"restarts must be a positive integer, got {self.restarts}")
 
     def scaled(self, factor: Any) -> Restarts:
         return dataclasses.replace(self, attack=self.attack.scaled(factor))
 
     def run(self, model_fn, variables, x, y, key) -> AttackResult:
         check_images(x)
-        keys = split_keys(key, self.num_restarts)
+        keys = split_keys(key, self.restarts)
         stacked = jax.vmap(lambda k: self.attack.run(model_fn, variables, x, y, k))(keys)
         return reduce_worst(stacked)
 
 
-def restarts(attack: Attack, num_restarts: int) -> Restarts:
-    """Runs ``attack`` ``num_restarts`` times (vmapped over keys); keeps the per-example worst."""
-    return Restarts(attack, num_restarts)
+def restarts(attack: Attack, restarts: int) -> Attack:
+    """Runs ``attack`` ``restarts`` times (vmapped over keys); keeps the per-example worst.
+
+    ``restarts=1`` returns ``attack`` itself (same key, no extra axis).
+    """
+    repeated = Restarts(attack, restarts)  # validates restarts
+    return attack if restarts == 1 else repeated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +123,8 @@ class Cascade(Attack):
     """
 
     attacks: tuple[Attack, ...]
-    buckets: tuple[float, ...] = CASCADE_BUCKETS
-    pass_rows: int | None | str = "auto"
+    buckets: tuple[float, ...]
+    pass_rows: int | None | str
 
     def __post_init__(self):
         compaction.bucket_sizes(1, self.buckets)
@@ -177,11 +181,18 @@ def cascade_stage(
     return jnp.where(new[:, None, None, None], found, x_adv), broken | new
 
 
-def cascade(*attacks: Attack) -> Cascade:
-    """Attacks run in order on the points still robust; per point, the first success is kept."""
+def cascade(
+    *attacks: Attack,
+    buckets: tuple[float, ...] = CASCADE_BUCKETS,
+    pass_rows: int | None | str = "auto",
+) -> Cascade:
+    """Attacks run in order on the points still robust; per point, the first success is kept.
+
+    ``buckets`` and ``pass_rows``: see ``Cascade``.
+    """
     if not attacks:
         raise ValueError("cascade needs at least one attack")
-    return Cascade(tuple(attacks))
+    return Cascade(tuple(attacks), tuple(buckets), pass_rows)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,6 +36,8 @@ from advjax.threats.lp import is_concrete, scaled
 class GradientAttack(Attack):
     """Projected steepest ascent on a per-example loss (PGD, FGSM, BIM, MI-FGSM, ...).
 
+    Built by the factories below (``pgd``, ``fgsm``, ...), which hold the defaults.
+
     Attributes:
       threat: the perturbation set (``LpBall``).
       step_size: ``alpha``, in units of the threat model's norm.
@@ -51,12 +53,12 @@ class GradientAttack(Attack):
     threat: LpBall
     step_size: float
     steps: int
-    loss: Any = "ce"
-    targeted: bool = False
-    random_init: bool = True
-    momentum: float = 0.0
-    keep_best: bool = True
-    unroll: int | bool = True
+    loss: Any
+    targeted: bool
+    random_init: bool
+    momentum: float
+    keep_best: bool
+    unroll: int | bool
 
     def __post_init__(self):
         check_nonnegative(step_size=self.step_size, steps=self.steps, momentum=self.momentum)
@@ -124,64 +126,111 @@ class GradientAttack(Attack):
         return AttackResult(x_adv=jax.lax.stop_gradient(x_last), loss=score, success=ok)
 
 
+# PGD with at most this many steps unrolls fully (the fastest code); longer runs stay a lax.scan
+# (PGD-1000 unrolled takes minutes and gigabytes to compile).
+UNROLL_MAX_STEPS = 100
+
+
+def madry_step_size(eps: Any, steps: int) -> Any:
+    """Madry et al.'s rule ``2.5 eps / steps``: the default step of the PGD-family factories."""
+    return 2.5 * eps / max(int(steps), 1)
+
+
 def pgd(
     eps: float,
-    step_size: float,
+    step_size: float | None,
     steps: int,
+    *,
     norm: str = "linf",
     loss: Any = "ce",
     targeted: bool = False,
     random_init: bool = True,
     keep_best: bool = True,
     l1_sparsity: float = 0.01,
-    unroll: int | bool = True,
+    unroll: int | bool | None = None,
 ) -> GradientAttack:
-    """Projected gradient descent (Madry et al. 2018) in an Linf, L2 or L1 ball."""
+    """Projected gradient descent (Madry et al. 2018) in an Linf, L2 or L1 ball.
+
+    ``step_size=None`` is ``2.5 eps / steps`` (``madry_step_size``). ``unroll=None`` unrolls the
+    step loop fully up to ``UNROLL_MAX_STEPS`` steps and keeps a ``lax.scan`` beyond.
+    """
+    if unroll is None:
+        unroll = int(steps) <= UNROLL_MAX_STEPS
     return GradientAttack(
         threat=LpBall(norm, eps, l1_sparsity),
-        step_size=step_size,
+        step_size=madry_step_size(eps, steps) if step_size is None else step_size,
         steps=steps,
         loss=loss,
         targeted=targeted,
         random_init=random_init,
+        momentum=0.0,
         keep_best=keep_best,
         unroll=unroll,
     )
 
 
 def fgsm(
-    eps: float, norm: str = "linf", loss: Any = "ce", targeted: bool = False
+    eps: float, *, norm: str = "linf", loss: Any = "ce", targeted: bool = False
 ) -> GradientAttack:
     """Fast gradient sign method (Goodfellow et al. 2015): ``x + eps * sign(grad)``."""
-    return GradientAttack(
-        LpBall(norm, eps), eps, 1, loss, targeted, random_init=False, keep_best=False
-    )
+    return _one_step(eps, eps, norm, loss, targeted, random_init=False)
 
 
 def fgsm_rs(
-    eps: float, step_size: float | None = None, norm: str = "linf", loss: Any = "ce"
+    eps: float,
+    step_size: float | None = None,
+    *,
+    norm: str = "linf",
+    loss: Any = "ce",
+    targeted: bool = False,
 ) -> GradientAttack:
     """FGSM from a uniform random start, step ``1.25 eps`` by default (Wong et al. 2020, Alg. 3)."""
     step = 1.25 * eps if step_size is None else step_size
-    return GradientAttack(LpBall(norm, eps), step, 1, loss, random_init=True, keep_best=False)
+    return _one_step(eps, step, norm, loss, targeted, random_init=True)
+
+
+def _one_step(
+    eps: Any, step_size: Any, norm: str, loss: Any, targeted: bool, random_init: bool
+) -> GradientAttack:
+    """One gradient step, last iterate (the FGSM family)."""
+    return GradientAttack(
+        threat=LpBall(norm, eps),
+        step_size=step_size,
+        steps=1,
+        loss=loss,
+        targeted=targeted,
+        random_init=random_init,
+        momentum=0.0,
+        keep_best=False,
+        unroll=True,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class RandFGSM(Attack):
     """R+FGSM (Tramèr et al. 2018): ``x' = x + alpha sign(N(0, I))``, then an
-    ``(eps - alpha)`` sign step from ``x'``, projected onto the Linf ball and box."""
+    ``(eps - alpha)`` sign step from ``x'``, projected onto the Linf ball and box.
+
+    Attributes:
+      eps: Linf radius.
+      step_size: the paper's ``alpha``, the random sign step (the gradient step is
+        ``eps - step_size``).
+      loss: a name from ``advjax.losses.LOSSES`` or a callable.
+      targeted: descend the loss towards ``y`` (the targets).
+    """
 
     eps: float
-    alpha: float
-    loss: Any = "ce"
+    step_size: float
+    loss: Any
+    targeted: bool
 
     def __post_init__(self):
-        check_nonnegative(eps=self.eps, alpha=self.alpha)
-        if is_concrete(self.alpha) and is_concrete(self.eps) and self.alpha > self.eps:
-            raise ValueError(f"alpha ({self.alpha}) must not exceed eps ({self.eps})")
+        check_nonnegative(eps=self.eps, step_size=self.step_size)
+        if is_concrete(self.step_size) and is_concrete(self.eps) and self.step_size > self.eps:
+            raise ValueError(f"step_size ({self.step_size}) must not exceed eps ({self.eps})")
 
     def scaled(self, factor: Any) -> RandFGSM:
-        return dataclasses.replace(self, eps=self.eps * factor, alpha=self.alpha * factor)
+        return dataclasses.replace(self, eps=self.eps * factor, step_size=self.step_size * factor)
 
     def run(self, model_fn, variables, x, y, key) -> AttackResult:
         check_images(x)
@@ -189,45 +238,63 @@ class RandFGSM(Attack):
             noise = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:]))(key)
         else:
             noise = jax.random.normal(key, x.shape)
-        x_start = jnp.clip(x + self.alpha * jnp.sign(noise), 0.0, 1.0)
-        step = GradientAttack(
-            LpBall("linf", self.eps),
-            self.eps - self.alpha,
-            1,
-            self.loss,
-            random_init=False,
-            keep_best=False,
+        x_start = jnp.clip(x + self.step_size * jnp.sign(noise), 0.0, 1.0)
+        step = _one_step(
+            self.eps, self.eps - self.step_size, "linf", self.loss, self.targeted, False
         )
         # One step from x_start, projected around the clean x.
         grad_fn = jax.grad(step._objective(model_fn, variables, y), has_aux=True)
         grad, _ = grad_fn(x_start)
         x_adv = step.threat.project(x_start + step.step_size * jnp.sign(grad), x)
-        logits = model_fn(variables, x_adv)
+        score, logits = step._objective(model_fn, variables, y)(x_adv)[1]
         return AttackResult(
             x_adv=jax.lax.stop_gradient(x_adv),
-            loss=losses.get_loss(self.loss)(logits, y),
-            success=success(logits, y, False),
+            loss=score,
+            success=success(logits, y, self.targeted),
         )
 
 
-def rfgsm(eps: float, alpha: float | None = None, loss: Any = "ce") -> RandFGSM:
-    """R+FGSM with ``alpha = eps / 2`` by default."""
-    return RandFGSM(eps, eps / 2 if alpha is None else alpha, loss)
+def rfgsm(
+    eps: float,
+    step_size: float | None = None,
+    *,
+    loss: Any = "ce",
+    targeted: bool = False,
+) -> RandFGSM:
+    """R+FGSM with the random step ``step_size = eps / 2`` by default (Tramèr et al. 2018)."""
+    return RandFGSM(
+        eps=eps, step_size=eps / 2 if step_size is None else step_size, loss=loss, targeted=targeted
+    )
 
 
 def bim(
-    eps: float, step_size: float, steps: int, norm: str = "linf", loss: Any = "ce"
+    eps: float,
+    step_size: float,
+    steps: int,
+    *,
+    norm: str = "linf",
+    loss: Any = "ce",
+    targeted: bool = False,
 ) -> GradientAttack:
     """Basic iterative method (Kurakin et al. 2017): PGD without random start, last iterate."""
     return GradientAttack(
-        LpBall(norm, eps), step_size, steps, loss, random_init=False, keep_best=False
+        threat=LpBall(norm, eps),
+        step_size=step_size,
+        steps=steps,
+        loss=loss,
+        targeted=targeted,
+        random_init=False,
+        momentum=0.0,
+        keep_best=False,
+        unroll=True,
     )
 
 
 def mifgsm(
     eps: float,
-    steps: int = 10,
     step_size: float | None = None,
+    steps: int = 10,
+    *,
     decay: float = 1.0,
     norm: str = "linf",
     loss: Any = "ce",
@@ -236,12 +303,13 @@ def mifgsm(
     """Momentum iterative FGSM (Dong et al. 2018): step ``eps / steps``, decay ``mu = 1``."""
     step = eps / max(steps, 1) if step_size is None else step_size
     return GradientAttack(
-        LpBall(norm, eps),
-        step,
-        steps,
-        loss,
-        targeted,
+        threat=LpBall(norm, eps),
+        step_size=step,
+        steps=steps,
+        loss=loss,
+        targeted=targeted,
         random_init=False,
         momentum=decay,
         keep_best=False,
+        unroll=True,
     )

@@ -123,27 +123,27 @@ class CarliniWagnerL2(MinimumNormAttack):
     all iterates is kept.
 
     Attributes:
+      eps: optional L2 budget: success needs ``||x_adv - x||_2 <= eps``.
+      step_size: Adam's learning rate.
       steps: Adam steps per binary-search step (paper code: 10000; default here 1000).
       binary_search_steps: number of values of ``c`` tried; with >= 10 the last step uses the
         upper bound, as in the reference code.
       initial_const: the first ``c`` (1e-3, as in the paper's code and foolbox).
-      learning_rate: Adam's learning rate.
       confidence: ``kappa``; an iterate counts as adversarial only with this logit margin.
       abort_early: stop an example's Adam run (until the next ``c``) when its loss has not
         decreased by 0.01% over the last ``steps // 10`` steps (per example; the reference
         checks the batch total). The loop exits when every example has stopped.
-      eps: optional L2 budget: success needs ``||x_adv - x||_2 <= eps``.
       targeted: ``y`` holds target classes.
     """
 
-    steps: int = 1000
-    binary_search_steps: int = 9
-    initial_const: float = 1e-3
-    learning_rate: float = 0.01
-    confidence: float = 0.0
-    abort_early: bool = True
-    eps: float | None = None
-    targeted: bool = False
+    eps: float | None
+    step_size: float
+    steps: int
+    binary_search_steps: int
+    initial_const: float
+    confidence: float
+    abort_early: bool
+    targeted: bool
 
     def __post_init__(self):
         check_int("steps", self.steps, 1)
@@ -151,8 +151,8 @@ class CarliniWagnerL2(MinimumNormAttack):
         check_nonnegative(confidence=self.confidence)
         if not self.initial_const > 0:
             raise ValueError(f"initial_const must be > 0, got {self.initial_const}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not self.step_size > 0:
+            raise ValueError(f"step_size must be > 0, got {self.step_size}")
         check_eps(self.eps)
 
     def run(
@@ -166,7 +166,7 @@ class CarliniWagnerL2(MinimumNormAttack):
         onehot = jax.nn.one_hot(y, clean_logits.shape[-1], dtype=bool)
         kappa = self.confidence
         w0 = jnp.arctanh((2.0 * x - 1.0) * (1.0 - 1e-6))
-        optimizer = optax.adam(self.learning_rate)
+        optimizer = optax.adam(self.step_size)
         check_every = max(1, self.steps // 10)
 
         def objective(w, const):
@@ -245,29 +245,30 @@ class CarliniWagnerL2(MinimumNormAttack):
 
 
 def cw_l2(
+    eps: float | None = None,
+    step_size: float = 0.01,
     steps: int = 1000,
+    *,
     binary_search_steps: int = 9,
     initial_const: float = 1e-3,
-    learning_rate: float = 0.01,
     confidence: float = 0.0,
     abort_early: bool = True,
-    eps: float | None = None,
     targeted: bool = False,
 ) -> CarliniWagnerL2:
     """Carlini & Wagner L2 (S&P 2017): Adam in tanh space, binary search over ``c``.
 
-    Defaults follow the paper's code (9 search steps, ``c0 = 1e-3``, lr 0.01, ``kappa = 0``,
-    abort early) except ``steps=1000`` per search step instead of 10000.
+    Defaults follow the paper's code (9 search steps, ``c0 = 1e-3``, Adam step 0.01,
+    ``kappa = 0``, abort early) except ``steps=1000`` per search step instead of 10000.
     """
     return CarliniWagnerL2(
-        steps,
-        binary_search_steps,
-        initial_const,
-        learning_rate,
-        confidence,
-        abort_early,
-        eps,
-        targeted,
+        eps=eps,
+        step_size=step_size,
+        steps=steps,
+        binary_search_steps=binary_search_steps,
+        initial_const=initial_const,
+        confidence=confidence,
+        abort_early=abort_early,
+        targeted=targeted,
     )
 
 
@@ -297,23 +298,23 @@ class DDN(MinimumNormAttack):
     (drawn from ``key``; per-example keys give per-example draws).
 
     Attributes:
+      eps: optional L2 budget: success needs ``||x_adv - x||_2 <= eps``.
+      step_size, min_step_size: the cosine schedule of ``alpha``.
       steps: number of iterations.
       init_norm: ``eps_0``.
       gamma: the norm's multiplicative update.
-      step_size, min_step_size: the cosine schedule of ``alpha``.
       levels: quantise ``x + delta`` to ``levels`` values per step (None: no quantisation).
-      eps: optional L2 budget: success needs ``||x_adv - x||_2 <= eps``.
       targeted: ``y`` holds target classes.
     """
 
-    steps: int = 100
-    init_norm: float = 1.0
-    gamma: float = 0.05
-    step_size: float = 1.0
-    min_step_size: float = 0.01
-    levels: int | None = None
-    eps: float | None = None
-    targeted: bool = False
+    eps: float | None
+    step_size: float
+    steps: int
+    min_step_size: float
+    init_norm: float
+    gamma: float
+    levels: int | None
+    targeted: bool
 
     def __post_init__(self):
         check_int("steps", self.steps, 1)
@@ -385,14 +386,24 @@ class DDN(MinimumNormAttack):
 
 
 def ddn(
+    eps: float | None = None,
+    step_size: float = 1.0,
     steps: int = 100,
+    *,
+    min_step_size: float = 0.01,
     init_norm: float = 1.0,
     gamma: float = 0.05,
-    step_size: float = 1.0,
-    min_step_size: float = 0.01,
     levels: int | None = None,
-    eps: float | None = None,
     targeted: bool = False,
 ) -> DDN:
     """DDN (Rony et al. 2019): 100 steps, ``eps_0 = 1``, ``gamma = 0.05``, step 1 -> 0.01."""
-    return DDN(steps, init_norm, gamma, step_size, min_step_size, levels, eps, targeted)
+    return DDN(
+        eps=eps,
+        step_size=step_size,
+        steps=steps,
+        min_step_size=min_step_size,
+        init_norm=init_norm,
+        gamma=gamma,
+        levels=levels,
+        targeted=targeted,
+    )

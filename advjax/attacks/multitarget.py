@@ -91,6 +91,7 @@ def untargeted(
     eps: float,
     step_size: float | None = None,
     steps: int = UNTARGETED_STEPS,
+    *,
     norm: str = "linf",
     restarts: int = UNTARGETED_RESTARTS,
     unroll: int | bool = True,
@@ -104,10 +105,23 @@ def untargeted(
     """
     _check_restarts(restarts)
     step = default_step_size(eps) if step_size is None else step_size
-    attack = GradientAttack(
-        LpBall(norm, eps), step, steps, "margin", random_init=True, keep_best=True, unroll=unroll
+    attack = _margin_pgd(LpBall(norm, eps), step, steps, "margin", unroll)
+    return combinators.restarts(attack, restarts)
+
+
+def _margin_pgd(threat: LpBall, step_size: Any, steps: int, loss: Any, unroll: Any) -> Attack:
+    """PGD from a random start on ``loss``, best iterate kept (success at any iterate counts)."""
+    return GradientAttack(
+        threat=threat,
+        step_size=step_size,
+        steps=steps,
+        loss=loss,
+        targeted=False,
+        random_init=True,
+        momentum=0.0,
+        keep_best=True,
+        unroll=unroll,
     )
-    return attack if restarts == 1 else combinators.restarts(attack, restarts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,10 +148,10 @@ class MultiTargeted(Attack):
     threat: LpBall
     step_size: float
     steps: int
-    num_targets: int | None = None
-    restarts: int = MULTITARGETED_RESTARTS
-    target_batch_size: int | None = None
-    unroll: int | bool = True
+    num_targets: int | None
+    restarts: int
+    target_batch_size: int | None
+    unroll: int | bool
 
     def __post_init__(self):
         check_nonnegative(step_size=self.step_size, steps=self.steps)
@@ -157,16 +171,8 @@ class MultiTargeted(Attack):
     def _single_target(self, targets: jax.Array) -> Attack:
         """Random-restart PGD on ``z_t - z_y`` for the targets ``[B]`` (a traced closure)."""
         loss = functools.partial(targeted_margin, targets=targets)
-        attack = GradientAttack(
-            self.threat,
-            self.step_size,
-            self.steps,
-            loss=loss,
-            random_init=True,
-            keep_best=True,
-            unroll=self.unroll,
-        )
-        return attack if self.restarts == 1 else combinators.restarts(attack, self.restarts)
+        attack = _margin_pgd(self.threat, self.step_size, self.steps, loss, self.unroll)
+        return combinators.restarts(attack, self.restarts)
 
     def run_per_target(
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: jax.Array, key: jax.Array
@@ -206,6 +212,7 @@ def multitargeted(
     eps: float,
     step_size: float | None = None,
     steps: int = MULTITARGETED_STEPS,
+    *,
     norm: str = "linf",
     num_targets: int | None = None,
     restarts: int = MULTITARGETED_RESTARTS,
@@ -219,5 +226,11 @@ def multitargeted(
     """
     step = default_step_size(eps) if step_size is None else step_size
     return MultiTargeted(
-        LpBall(norm, eps), step, steps, num_targets, restarts, target_batch_size, unroll
+        threat=LpBall(norm, eps),
+        step_size=step,
+        steps=steps,
+        num_targets=num_targets,
+        restarts=restarts,
+        target_batch_size=target_batch_size,
+        unroll=unroll,
     )

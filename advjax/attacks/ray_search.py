@@ -63,21 +63,21 @@ class RayS(Attack):
 
     Attributes:
       eps: Linf radius; an example stops once a boundary point within ``eps`` is found.
-      n_queries: model queries per example (the clean check included).
+      steps: model queries per example (one per step, the clean check included).
       targeted: search for the class ``y`` instead of leaving it.
       tol: bisection tolerance on the ray length ``||r v||_2 = r sqrt(D)``, as in the reference
         (an Linf tolerance of ``tol / sqrt(D)``).
     """
 
     eps: float
-    n_queries: int = 10000
-    targeted: bool = False
-    tol: float = 1e-3
+    steps: int
+    targeted: bool
+    tol: float
 
     def __post_init__(self):
-        check_nonnegative(eps=self.eps, n_queries=self.n_queries)
-        if int(self.n_queries) != self.n_queries or self.n_queries < 1:
-            raise ValueError(f"n_queries must be a positive integer, got {self.n_queries}")
+        check_nonnegative(eps=self.eps, steps=self.steps)
+        if int(self.steps) != self.steps or self.steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {self.steps}")
         if not self.tol > 0:
             raise ValueError(f"tol must be > 0, got {self.tol}")
 
@@ -144,10 +144,10 @@ class RayS(Attack):
             level=jnp.zeros(batch, jnp.int32),
             index=jnp.zeros(batch, jnp.int32),
         )
-        n_queries = int(self.n_queries)
+        steps = int(self.steps)
 
         def cond(s):
-            return (s["t"] < n_queries) & jnp.any(~s["done"])
+            return (s["t"] < steps) & jnp.any(~s["done"])
 
         def body(s):
             active = ~s["done"]
@@ -200,9 +200,10 @@ class RayS(Attack):
         return AttackResult(x_adv=x_adv, loss=-dist, success=ok), s["queries"]
 
 
-def rays(eps: float, n_queries: int = 10000, targeted: bool = False, tol: float = 1e-3) -> RayS:
-    """RayS (Chen & Gu, KDD 2020): hard-label Linf attack, 10,000 queries by default.
+def rays(eps: float, steps: int = 10000, *, targeted: bool = False, tol: float = 1e-3) -> RayS:
+    """RayS (Chen & Gu, KDD 2020): hard-label Linf attack, 10,000 queries (``steps``, one query
+    each) by default; targeted: ``y`` are the targets.
 
     ``attack.run_with_queries(...)`` also returns the per-example number of queries.
     """
-    return RayS(eps, n_queries, targeted, tol)
+    return RayS(eps=eps, steps=steps, targeted=targeted, tol=tol)

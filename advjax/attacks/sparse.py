@@ -5,14 +5,15 @@
   attack that, at each iteration, picks the pair of input features ``(p, q)`` with the largest
   ``alpha * |beta|`` subject to ``alpha > 0, beta < 0`` (for ``theta > 0``), where
   ``alpha = sum_{i in {p,q}} dz_t/dx_i`` and ``beta = sum_{i in {p,q}} sum_{j != t} dz_j/dx_i``,
-  and moves both by ``theta`` (clipped to [0, 1]). At most ``floor(gamma * n / 2)`` iterations, so
-  at most ``gamma * n`` of the ``n = H * W * C`` features change.
+  and moves both by ``theta`` (the factory's ``step_size``; clipped to [0, 1]). At most
+  ``floor(gamma * n / 2)`` iterations, so at most ``gamma * n`` of the ``n = H * W * C`` features
+  change.
 * **Point-wise** (Schott et al. ICLR 2019, "Towards the first adversarially robust neural network
   model on MNIST"; foolbox's ``PointwiseAttack``): a decision-based L0 attack. Start from
   an adversarial noise image (salt-and-pepper of increasing density, or uniform noise blended in
   with increasing weight), then repeatedly visit the features in a random order and reset each to
   its clean value when the image stays adversarial, until a whole pass resets nothing. Optionally
-  (``refine_passes``) foolbox's second stage: per feature, a binary search between the adversarial
+  (``refine_steps``) foolbox's second stage: per feature, a binary search between the adversarial
   and the clean value for the closest value that stays adversarial (reduces L2, not L0, mostly).
 
 SRT (seeds/004, Table 4 and App. E) evaluates with both, "implemented based on Advertorch and
@@ -172,22 +173,23 @@ class JSMA(Attack):
     the bound ``theta`` moves them to (1 for ``theta > 0``, 0 otherwise) leave the search domain.
 
     Attributes:
-      theta: change per selected feature (``+1``: set to the maximum); ``0 < |theta| <= 1``.
+      step_size: the paper's ``theta``, the change per selected feature (``+1``: set to the
+        maximum); ``0 < |step_size| <= 1``.
       gamma: maximum fraction of the ``H * W * C`` features changed; ``0 < gamma <= 1``.
       targeted: ``y`` are target classes.
       target: untargeted runs' target class, one of ``TARGET_MODES``.
       chunk_elements: pair-map entries per example computed at once (memory bound).
     """
 
-    theta: float = 1.0
-    gamma: float = 0.1
-    targeted: bool = False
-    target: str = "second"
-    chunk_elements: int = 2**18
+    step_size: float
+    gamma: float
+    targeted: bool
+    target: str
+    chunk_elements: int
 
     def __post_init__(self):
-        if not (0 < abs(self.theta) <= 1):
-            raise ValueError(f"theta must satisfy 0 < |theta| <= 1, got {self.theta}")
+        if not (0 < abs(self.step_size) <= 1):
+            raise ValueError(f"step_size must satisfy 0 < |step_size| <= 1, got {self.step_size}")
         if not (0 < self.gamma <= 1):
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
         if self.target not in TARGET_MODES:
@@ -207,7 +209,7 @@ class JSMA(Attack):
         _check_labels(y, "JSMA")
         x = jax.lax.stop_gradient(x)
         n = int(np.prod(x.shape[1:]))
-        increase = self.theta > 0
+        increase = self.step_size > 0
 
         def forward(z):
             return model_fn(variables, z)
@@ -236,7 +238,7 @@ class JSMA(Attack):
             p, q, found = best_pair(grad_target, grad_others, domain, increase, self.chunk_elements)
             active = active & ~reached(logits) & found
             step = jax.nn.one_hot(p, n, dtype=flat.dtype) + jax.nn.one_hot(q, n, dtype=flat.dtype)
-            step = self.theta * step * active[:, None].astype(flat.dtype)
+            step = self.step_size * step * active[:, None].astype(flat.dtype)
             x_next = jnp.clip(flat + step, 0.0, 1.0).reshape(x.shape)
             return x_next, active, it + 1
 
@@ -253,12 +255,24 @@ class JSMA(Attack):
 
 
 def jsma(
-    theta: float = 1.0, gamma: float = 0.1, targeted: bool = False, target: str = "second"
+    step_size: float = 1.0,
+    gamma: float = 0.1,
+    *,
+    targeted: bool = False,
+    target: str = "second",
+    chunk_elements: int = 2**18,
 ) -> JSMA:
-    """JSMA (Papernot et al. 2016): pairs of features set to the maximum (``theta = +1``), at most
-    ``gamma = 10%`` of them changed (cleverhans/torchattacks defaults). Untargeted by default: the
-    target is the most likely wrong class and any misclassification counts."""
-    return JSMA(theta, gamma, targeted, target)
+    """JSMA (Papernot et al. 2016): pairs of features set to the maximum (``step_size = theta =
+    +1``), at most ``gamma = 10%`` of them changed (cleverhans/torchattacks defaults). Untargeted
+    by default: the target is the most likely wrong class and any misclassification counts;
+    ``targeted=True``: ``y`` are the targets."""
+    return JSMA(
+        step_size=step_size,
+        gamma=gamma,
+        targeted=targeted,
+        target=target,
+        chunk_elements=chunk_elements,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,9 +290,9 @@ class Pointwise(Attack):
     2. Passes: each visits all ``H * W * C`` features in a fresh random order per example and resets
        a feature to its clean value when the image stays adversarial; passes repeat until one
        resets nothing (a 1-minimal adversarial: no single changed feature can be reset), at most
-       ``max_passes``. (Foolbox draws a new order after every successful reset; the stopping
+       ``steps``. (Foolbox draws a new order after every successful reset; the stopping
        criterion, a full pass without a reset, is the same.)
-    3. ``refine_passes`` passes of foolbox's binary search per changed feature
+    3. ``refine_steps`` passes of foolbox's binary search per changed feature
        (``binary_search_steps`` halvings between the adversarial and the clean value).
 
     ``success`` is adversarial and, when ``eps`` is set, at most ``eps`` changed features.
@@ -289,19 +303,19 @@ class Pointwise(Attack):
 
     Attributes:
       eps: L0 budget (number of changed features), ``None`` for unbounded; may be traced.
+      steps: cap on the reset passes.
       init: ``"salt_and_pepper"`` or ``"uniform"``.
       init_steps: noise levels tried for the starting point.
-      max_passes: cap on the reset passes.
-      refine_passes: binary-search passes (0 disables).
+      refine_steps: binary-search passes (0 disables).
       binary_search_steps: halvings per feature in a refine pass.
     """
 
-    eps: float | None = None
-    init: str = "salt_and_pepper"
-    init_steps: int = 100
-    max_passes: int = 10
-    refine_passes: int = 0
-    binary_search_steps: int = 10
+    eps: float | None
+    steps: int
+    init: str
+    init_steps: int
+    refine_steps: int
+    binary_search_steps: int
 
     def __post_init__(self):
         traced = isinstance(self.eps, jax.core.Tracer)  # e.g. a budget sweep inside one jit
@@ -310,8 +324,8 @@ class Pointwise(Attack):
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; valid inits: {', '.join(INITS)}")
         _check_count("init_steps", self.init_steps, 1)
-        _check_count("max_passes", self.max_passes, 0)
-        _check_count("refine_passes", self.refine_passes, 0)
+        _check_count("steps", self.steps, 0)
+        _check_count("refine_steps", self.refine_steps, 0)
         _check_count("binary_search_steps", self.binary_search_steps, 1)
 
     def _noisy(self, x: jax.Array, level: jax.Array, keys: jax.Array) -> jax.Array:
@@ -335,7 +349,7 @@ class Pointwise(Attack):
     ) -> tuple[AttackResult, jax.Array]:
         """``run`` plus the L0 distance after the start and after each reset pass.
 
-        The history is ``[max_passes + 1, B]`` int32 (rows past the last pass run repeat the
+        The history is ``[steps + 1, B]`` int32 (rows past the last pass run repeat the
         final value; 0 for examples without an adversarial start).
         """
         check_images(x)
@@ -400,11 +414,11 @@ class Pointwise(Attack):
 
             return cond
 
-        history = jnp.tile(distance(start)[None], (self.max_passes + 1, 1))
+        history = jnp.tile(distance(start)[None], (self.steps + 1, 1))
         z, _, passes, history = jax.lax.while_loop(
-            pass_cond(self.max_passes), reset_body, (start, found, jnp.int32(0), history)
+            pass_cond(self.steps), reset_body, (start, found, jnp.int32(0), history)
         )
-        done = jnp.arange(self.max_passes + 1)[:, None] <= passes
+        done = jnp.arange(self.steps + 1)[:, None] <= passes
         history = jnp.where(done, history, distance(z)[None])
 
         # 3. Foolbox's binary-search refinement.
@@ -430,9 +444,9 @@ class Pointwise(Attack):
             z, improved = jax.lax.scan(refine_visit, z, permutations(k_refine, p).T)
             return z, jnp.any(improved, axis=0), p + 1
 
-        if self.refine_passes:
+        if self.refine_steps:
             z, _, _ = jax.lax.while_loop(
-                pass_cond(self.refine_passes), refine_body, (z, found, jnp.int32(0))
+                pass_cond(self.refine_steps), refine_body, (z, found, jnp.int32(0))
             )
 
         l0 = distance(z)
@@ -446,15 +460,24 @@ class Pointwise(Attack):
 
 def pointwise(
     eps: float | None = None,
+    steps: int = 10,
+    *,
     init: str = "salt_and_pepper",
     init_steps: int = 100,
-    max_passes: int = 10,
-    refine_passes: int = 0,
+    refine_steps: int = 0,
     binary_search_steps: int = 10,
 ) -> Pointwise:
-    """Point-wise attack (Schott et al. 2019): noisy adversarial start, then greedy feature resets.
+    """Point-wise attack (Schott et al. 2019): noisy adversarial start, then greedy feature resets
+    (at most ``steps`` passes).
 
     ``eps=None`` counts every adversarial found (the accuracy SRT's Table 4 reports); a number is
-    an L0 budget in changed features. ``refine_passes > 0`` adds foolbox's binary searches.
+    an L0 budget in changed features. ``refine_steps > 0`` adds foolbox's binary searches.
     """
-    return Pointwise(eps, init, init_steps, max_passes, refine_passes, binary_search_steps)
+    return Pointwise(
+        eps=eps,
+        steps=steps,
+        init=init,
+        init_steps=init_steps,
+        refine_steps=refine_steps,
+        binary_search_steps=binary_search_steps,
+    )

@@ -5,24 +5,24 @@ rotation-translation, affine, flow and integrated (affine + flow) warps.
   (31 angles in [-30, 30] degrees x 5 x 5 translations in [-3, 3] pixels = 775 points, the SRT
   document's App. B setting), per-example worst case.
 * ``rand_adv``: RandAdv: one uniformly random transform of the same space.
-* ``worst_of_k``: Worst-of-k (Engstrom et al. 2019): ``k = 10`` random transforms, per-example
-  worst case. Draw 0 is RandAdv's draw with the same key, so per example Worst-of-k is never
-  better for the defender than RandAdv (success first, then loss).
+* ``worst_of_k``: Worst-of-k (Engstrom et al. 2019): ``k = steps = 10`` random transforms,
+  per-example worst case. Draw 0 is RandAdv's draw with the same key, so per example Worst-of-k
+  is never better for the defender than RandAdv (success first, then loss).
   All three take ``mode``: ``"rt"`` (both), ``"t"`` (translations only, angle 0) or ``"r"``
   (rotations only); the SRT document's Table 3 names them RandAdv / GridAdv, RandAdv.T /
   GridAdv.T and RandAdv.R / GridAdv.R.
 * ``rt_pgd``: first-order attack on ``(angle, tx, ty)`` (Engstrom et al. 2019): sign steps,
   projection onto the box, random start.
 * ``affine_pgd``: the Pareto document's generic RT attack: PGD with sign steps on the 6-parameter
-  increment ``||w_RT||_inf <= eps_rt`` of ``A = I + w_RT``.
+  increment ``||w_RT||_inf <= eps_affine`` of ``A = I + w_RT``.
 * ``flow_pgd``: the Pareto document's flow attack, Eq. 2: PGD with sign steps on CE over the flow
-  field ``||w_F||_inf <= eps_f``. With ``tau > 0`` the attacker maximises
+  field ``||w_F||_inf <= eps_flow``. With ``tau > 0`` the attacker maximises
   ``loss - tau * L_flow(w_F in pixels)``, the untargeted form of stAdv's objective (Eq. 1 of the
   Pareto document minimises ``adv_loss + tau * L_flow``; here the adversarial loss is maximised,
   so the smoothness penalty enters with a minus sign).
 * ``integrated_spatial``: the Pareto document's integrated spatial attack (Sec. 2): one PGD over
   ``w = [w_F, w_RT]`` with the grid ``T_{w_RT, w_F}(G) = (I + w_RT)[u v 1]^T + w_F``, separate Linf
-  bounds ``(eps_f, eps_rt)`` and step sizes ``(alpha_f, alpha_rt)``.
+  bounds ``(eps_flow, eps_affine)`` and step sizes ``(step_size_flow, step_size_affine)``.
 
 Coordinates and units are those of ``advjax.threats.spatial``. Every attack is untargeted, takes
 labels ``y``, and returns the usual ``AttackResult``; ``run_params`` returns ``(params, result)``
@@ -33,9 +33,9 @@ Search and PGD keep the per-example worst case (success first, then the higher o
 
 Defaults: the rotation-translation space (±30 degrees, ±3 pixels, 31 x 5 x 5 grid, worst of 10)
 is Engstrom et al.'s, used by the SRT document (App. B) for CIFAR-10 and MNIST. The Pareto
-document (Sec. 2) gives no values for ``eps_f``, ``eps_rt``, the step sizes or the number of steps,
-so ``eps_f`` and ``eps_rt`` have no defaults; ``steps = 20`` and step sizes ``2.5 * bound / steps``
-(Madry et al.'s rule) are advjax's choices, as are ``rt_pgd``'s.
+document (Sec. 2) gives no values for ``eps_flow``, ``eps_affine``, the step sizes or the number of
+steps, so ``eps_flow`` and ``eps_affine`` have no defaults; ``steps = 20`` and step sizes
+``2.5 * bound / steps`` (Madry et al.'s rule) are advjax's choices, as are ``rt_pgd``'s.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ from advjax.attacks.base import (
     split_keys,
     success,
 )
+from advjax.attacks.gradient import madry_step_size
 from advjax.threats.spatial import (
     AffineSet,
     FlowSet,
@@ -184,14 +185,14 @@ class GridSearch(SpatialAttack):
     first chunks, so the search costs a fraction of the full grid.
     """
 
-    threat: RotationTranslation = RotationTranslation()
-    num_angles: int = 31
-    num_translations: int = 5
-    mode: str = "rt"
-    chunk_size: int = 25
-    loss: Any = "ce"
-    early_stop: bool = True
-    buckets: tuple[float, ...] = compaction.DEFAULT_BUCKETS
+    threat: RotationTranslation
+    num_angles: int
+    num_translations: int
+    mode: str
+    chunk_size: int
+    loss: Any
+    early_stop: bool
+    buckets: tuple[float, ...]
 
     def __post_init__(self):
         check_mode(self.mode)
@@ -288,22 +289,22 @@ def draw_keys(key: jax.Array, num: int) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class RandomSearch(SpatialAttack):
-    """RandAdv (``num_tries = 1``) and Worst-of-k (``num_tries = k``): uniformly random transforms
-    of the rotation-translation box (per example), per-example worst case (Engstrom et al. 2019).
+    """RandAdv (``steps = 1``) and Worst-of-k (``steps = k``): uniformly random transforms of the
+    rotation-translation box (per example), per-example worst case (Engstrom et al. 2019).
 
     Draw ``i`` uses ``draw_keys(key, k)[i]`` through ``threat.init`` (per-example keys give
     per-example draws); draw 0 uses ``key`` itself. ``mode`` zeroes the angle (``"t"``) or the
     translations (``"r"``) of every draw. ``result.loss``/``success`` are re-evaluated at ``x_adv``.
     """
 
-    threat: RotationTranslation = RotationTranslation()
-    num_tries: int = 10
-    mode: str = "rt"
-    loss: Any = "ce"
+    threat: RotationTranslation
+    steps: int
+    mode: str
+    loss: Any
 
     def __post_init__(self):
         check_mode(self.mode)
-        _check_count(num_tries=self.num_tries)
+        _check_count(steps=self.steps)
         losses.get_loss(self.loss)
 
     def scaled(self, factor: Any) -> RandomSearch:
@@ -317,8 +318,8 @@ class RandomSearch(SpatialAttack):
         check_images(x)
         _check_labels(y)
         x = jax.lax.stop_gradient(x)
-        draws = jax.vmap(lambda k: self.draw(k, x))(draw_keys(key, self.num_tries))  # [k, B, 3]
-        if self.num_tries == 1:
+        draws = jax.vmap(lambda k: self.draw(k, x))(draw_keys(key, self.steps))  # [k, B, 3]
+        if self.steps == 1:
             params = draws[0]
         else:
             scores, oks = jax.vmap(
@@ -344,8 +345,8 @@ class SpatialPGD(SpatialAttack):
 
     Attributes:
       threat: ``RotationTranslation``, ``AffineSet``, ``FlowSet`` or ``IntegratedSet``.
-      step_size: in the threat's ``ascend`` format: ``(angle_step, translation_step)``, a float
-        (affine, flow) or ``(alpha_f, alpha_rt)`` (integrated).
+      step_size: in the threat's ``ascend`` format: ``(angle, translation)`` step sizes, a float
+        (affine, flow) or ``(flow, affine)`` step sizes (integrated).
       steps: number of ascent steps.
       loss: a name from ``advjax.losses.LOSSES`` or a callable ``(logits, y) -> [B]``.
       tau: weight of stAdv's flow smoothness penalty (``FlowSet`` / ``IntegratedSet`` only).
@@ -356,10 +357,10 @@ class SpatialPGD(SpatialAttack):
     threat: Any
     step_size: Any
     steps: int
-    loss: Any = "ce"
-    tau: float = 0.0
-    random_init: bool = True
-    keep_best: bool = True
+    loss: Any
+    tau: float
+    random_init: bool
+    keep_best: bool
 
     def __post_init__(self):
         if not isinstance(self.threat, RotationTranslation | AffineSet | FlowSet | IntegratedSet):
@@ -439,6 +440,7 @@ class SpatialPGD(SpatialAttack):
 def grid_adv(
     max_angle: float = 30.0,
     max_translation: float = 3.0,
+    *,
     num_angles: int = 31,
     num_translations: int = 5,
     mode: str = "rt",
@@ -446,57 +448,80 @@ def grid_adv(
     chunk_size: int = 25,
     loss: Any = "ce",
     early_stop: bool = True,
+    buckets: tuple[float, ...] = compaction.DEFAULT_BUCKETS,
 ) -> GridSearch:
     """GridAdv (Engstrom et al. 2019; SRT document App. B): ±30 degrees in 31 steps, ±3 pixels in
     5 steps per axis (775 transforms); ``mode="t"``/``"r"`` give GridAdv.T / GridAdv.R.
     ``early_stop``: stop searching on examples already misclassified (``GridSearch``)."""
     return GridSearch(
-        RotationTranslation(max_angle, max_translation, padding),
-        num_angles,
-        num_translations,
-        mode,
-        chunk_size,
-        loss,
-        early_stop,
+        threat=RotationTranslation(max_angle, max_translation, padding),
+        num_angles=num_angles,
+        num_translations=num_translations,
+        mode=mode,
+        chunk_size=chunk_size,
+        loss=loss,
+        early_stop=early_stop,
+        buckets=tuple(buckets),
     )
 
 
 def rand_adv(
     max_angle: float = 30.0,
     max_translation: float = 3.0,
+    *,
     mode: str = "rt",
     padding: str = "zeros",
     loss: Any = "ce",
 ) -> RandomSearch:
     """RandAdv (SRT document App. B): one uniformly random rotation-translation per example from
     GridAdv's space; ``mode="t"``/``"r"`` give RandAdv.T / RandAdv.R."""
-    return RandomSearch(RotationTranslation(max_angle, max_translation, padding), 1, mode, loss)
+    threat = RotationTranslation(max_angle, max_translation, padding)
+    return RandomSearch(threat=threat, steps=1, mode=mode, loss=loss)
 
 
 def worst_of_k(
-    k: int = 10,
     max_angle: float = 30.0,
     max_translation: float = 3.0,
+    steps: int = 10,
+    *,
     mode: str = "rt",
     padding: str = "zeros",
     loss: Any = "ce",
 ) -> RandomSearch:
-    """Worst-of-k (Engstrom et al. 2019, ``random_tries = 10``): the per-example worst of ``k``
-    uniformly random rotation-translations; draw 0 is ``rand_adv``'s draw with the same key."""
-    return RandomSearch(RotationTranslation(max_angle, max_translation, padding), k, mode, loss)
+    """Worst-of-k (Engstrom et al. 2019, ``random_tries = 10``): the per-example worst of
+    ``k = steps`` uniformly random rotation-translations; draw 0 is ``rand_adv``'s draw with the
+    same key."""
+    threat = RotationTranslation(max_angle, max_translation, padding)
+    return RandomSearch(threat=threat, steps=steps, mode=mode, loss=loss)
 
 
 def _default_step(eps: Any, steps: int, step: Any) -> Any:
     """Madry et al.'s rule ``2.5 eps / steps`` when no step size is given."""
-    return 2.5 * eps / max(int(steps), 1) if step is None else step
+    return madry_step_size(eps, steps) if step is None else step
+
+
+def _sign_pgd(
+    threat: Any, step_size: Any, steps: int, loss: Any, tau: float, random_init: bool
+) -> SpatialPGD:
+    """``SpatialPGD`` keeping the best iterate."""
+    return SpatialPGD(
+        threat=threat,
+        step_size=step_size,
+        steps=steps,
+        loss=loss,
+        tau=tau,
+        random_init=random_init,
+        keep_best=True,
+    )
 
 
 def rt_pgd(
     max_angle: float = 30.0,
     max_translation: float = 3.0,
+    step_size_angle: float | None = None,
+    step_size_translation: float | None = None,
     steps: int = 20,
-    angle_step: float | None = None,
-    translation_step: float | None = None,
+    *,
     padding: str = "zeros",
     loss: Any = "ce",
     random_init: bool = True,
@@ -504,79 +529,65 @@ def rt_pgd(
     """First-order rotation-translation attack (Engstrom et al. 2019): sign-PGD on
     ``(angle, tx, ty)`` in ``[-max_angle, max_angle] x [-max_translation, max_translation]^2`` from
     a random start; step sizes default to ``2.5 * bound / steps``."""
-    return SpatialPGD(
-        RotationTranslation(max_angle, max_translation, padding),
-        (
-            _default_step(max_angle, steps, angle_step),
-            _default_step(max_translation, steps, translation_step),
-        ),
-        steps,
-        loss,
-        random_init=random_init,
+    step_size = (
+        _default_step(max_angle, steps, step_size_angle),
+        _default_step(max_translation, steps, step_size_translation),
     )
+    threat = RotationTranslation(max_angle, max_translation, padding)
+    return _sign_pgd(threat, step_size, steps, loss, 0.0, random_init)
 
 
 def affine_pgd(
-    eps_rt: float,
+    eps_affine: float,
     step_size: float | None = None,
     steps: int = 20,
+    *,
     padding: str = "zeros",
     loss: Any = "ce",
     random_init: bool = True,
 ) -> SpatialPGD:
     """The Pareto document's generic RT attack: ``max CE(x_{w_RT}, y)`` s.t. ``||w_RT||_inf <=
-    eps_rt`` (Sec. 2) by sign-PGD on the 6-parameter increment of ``A = I + w_RT``."""
-    return SpatialPGD(
-        AffineSet(eps_rt, padding),
-        _default_step(eps_rt, steps, step_size),
-        steps,
-        loss,
-        random_init=random_init,
-    )
+    eps_affine`` (Sec. 2) by sign-PGD on the 6-parameter increment of ``A = I + w_RT``."""
+    step = _default_step(eps_affine, steps, step_size)
+    return _sign_pgd(AffineSet(eps_affine, padding), step, steps, loss, 0.0, random_init)
 
 
 def flow_pgd(
-    eps_f: float,
+    eps_flow: float,
     step_size: float | None = None,
     steps: int = 20,
+    *,
     tau: float = 0.0,
     padding: str = "zeros",
     loss: Any = "ce",
     random_init: bool = True,
 ) -> SpatialPGD:
     """The Pareto document's flow attack, Eq. 2: ``max CE(x_{w_F}, y)`` s.t. ``||w_F||_inf <=
-    eps_f`` (normalised units) by sign-PGD. ``tau > 0`` maximises ``CE - tau * L_flow`` (stAdv's
+    eps_flow`` (normalised units) by sign-PGD. ``tau > 0`` maximises ``CE - tau * L_flow`` (stAdv's
     smoothness penalty, Xiao et al. 2018, on the flow in pixels)."""
-    return SpatialPGD(
-        FlowSet(eps_f, padding),
-        _default_step(eps_f, steps, step_size),
-        steps,
-        loss,
-        tau=tau,
-        random_init=random_init,
-    )
+    step = _default_step(eps_flow, steps, step_size)
+    return _sign_pgd(FlowSet(eps_flow, padding), step, steps, loss, tau, random_init)
 
 
 def integrated_spatial(
-    eps_f: float,
-    eps_rt: float,
-    alpha_f: float | None = None,
-    alpha_rt: float | None = None,
+    eps_flow: float,
+    eps_affine: float,
+    step_size_flow: float | None = None,
+    step_size_affine: float | None = None,
     steps: int = 20,
+    *,
     tau: float = 0.0,
     padding: str = "zeros",
     loss: Any = "ce",
     random_init: bool = True,
 ) -> SpatialPGD:
     """The Pareto document's integrated spatial attack (Sec. 2, Eq. 8 and the update below it):
-    sign-PGD on ``w = [w_F, w_RT]`` with bounds ``(eps_f, eps_rt)`` and steps
-    ``(alpha_f, alpha_rt)`` (default ``2.5 eps / steps`` each), warping by
+    sign-PGD on ``w = [w_F, w_RT]`` with bounds ``(eps_flow, eps_affine)`` and step sizes
+    ``(step_size_flow, step_size_affine)`` (default ``2.5 eps / steps`` each), warping by
     ``T_{w_RT, w_F}(G) = (I + w_RT)[u v 1]^T + w_F``."""
-    return SpatialPGD(
-        IntegratedSet(eps_f, eps_rt, padding),
-        (_default_step(eps_f, steps, alpha_f), _default_step(eps_rt, steps, alpha_rt)),
-        steps,
-        loss,
-        tau=tau,
-        random_init=random_init,
+    step_size = (
+        _default_step(eps_flow, steps, step_size_flow),
+        _default_step(eps_affine, steps, step_size_affine),
     )
+    threat = IntegratedSet(eps_flow, eps_affine, padding)
+    return _sign_pgd(threat, step_size, steps, loss, tau, random_init)

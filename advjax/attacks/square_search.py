@@ -3,7 +3,7 @@
 Only forward passes of the model are used (its logits, through the margin or cross-entropy loss).
 Per example, from a vertical-stripe start (Linf) or a grid of "meta pseudo-Gaussian" tiles (L2)::
 
-    for i in range(n_queries):
+    for i in range(steps):  # one query per step
         s = side(p(i))   # square side: round(sqrt(p * H * W)); p halves on a fixed schedule
         x_new = x_best with one random s x s window changed (Algorithm 1 / 3 of the paper)
         if x_new misclassified or loss(x_new) better than loss(x_best): x_best = x_new
@@ -38,7 +38,7 @@ Deviations from fra31/auto-attack ``square.py`` (documented, deliberate):
   make an example's run independent of its batch); every draw (restart ``r``'s start, window
   positions, signs) comes from a counter-based integer hash of the seed and the iteration, which
   keeps threefry, whose compilation is slow, out of the query loop. Restart 0 does not depend on
-  ``n_restarts``, so more restarts never give a worse result.
+  ``restarts``, so more restarts never give a worse result.
 * ``success`` is ``argmax(model(x_adv)) != y`` (``== y`` targeted), the stop criterion of the loop
   (the reference stops at a margin ``<= 0``, which differs only on exact ties).
 """
@@ -74,15 +74,15 @@ _MAX_LINF_CHANNELS = 30
 _INIT_SALT = (0x68E31DA4, 0xB5297A4D)  # separates the starting point's stream from the loop's
 
 
-def p_levels(n_queries: int, rescale: bool = True) -> np.ndarray:
-    """Schedule level ``k`` (``p = p_init / 2**k``) of each iteration ``0 .. n_queries - 1``.
+def p_levels(steps: int, rescale: bool = True) -> np.ndarray:
+    """Schedule level ``k`` (``p = p_init / 2**k``) of each iteration ``0 .. steps - 1``.
 
     With ``rescale`` the iteration is mapped to the 10,000-query scale of the paper first
-    (``int(i / n_queries * 10000)``, as ``resc_schedule=True`` in the reference).
+    (``int(i / steps * 10000)``, as ``resc_schedule=True`` in the reference).
     """
-    its = np.arange(max(int(n_queries), 1))
+    its = np.arange(max(int(steps), 1))
     if rescale:
-        its = (its / max(int(n_queries), 1) * 10000).astype(np.int64)
+        its = (its / max(int(steps), 1) * 10000).astype(np.int64)
     return np.searchsorted(np.asarray(_P_THRESHOLDS), its, side="left").astype(np.int32)
 
 
@@ -201,31 +201,31 @@ class Square(Attack):
     Attributes:
       eps: radius of the Linf or L2 ball.
       norm: "linf" or "l2".
-      n_queries: iterations (one query each) per restart, after the query of the starting point.
+      steps: iterations (one query each) per restart, after the query of the starting point.
       p_init: initial fraction of pixels changed by one square (``p`` schedule of the paper).
-      n_restarts: sequential restarts, each on the examples not yet broken.
+      restarts: sequential restarts, each on the examples not yet broken.
       loss: "margin" (``z_y - max_{j != y} z_j`` minimised) or "ce" (cross-entropy maximised).
       targeted: reach the class ``y`` instead of leaving it.
-      rescale_schedule: map the ``p`` schedule onto ``n_queries`` (reference ``resc_schedule``);
+      rescale_schedule: map the ``p`` schedule onto ``steps`` (reference ``resc_schedule``);
         without it the schedule is read on the paper's absolute 10,000-query scale, so a run with
         fewer queries is exactly a prefix of a run with more.
     """
 
     eps: float
-    norm: str = "linf"
-    n_queries: int = 5000
-    p_init: float = 0.8
-    n_restarts: int = 1
-    loss: str = "margin"
-    targeted: bool = False
-    rescale_schedule: bool = True
+    steps: int
+    norm: str
+    p_init: float
+    restarts: int
+    loss: str
+    targeted: bool
+    rescale_schedule: bool
 
     def __post_init__(self):
-        check_nonnegative(eps=self.eps, n_queries=self.n_queries)
-        if int(self.n_queries) != self.n_queries:
-            raise ValueError(f"n_queries must be an integer, got {self.n_queries}")
-        if int(self.n_restarts) != self.n_restarts or self.n_restarts < 1:
-            raise ValueError(f"n_restarts must be a positive integer, got {self.n_restarts}")
+        check_nonnegative(eps=self.eps, steps=self.steps)
+        if int(self.steps) != self.steps:
+            raise ValueError(f"steps must be an integer, got {self.steps}")
+        if int(self.restarts) != self.restarts or self.restarts < 1:
+            raise ValueError(f"restarts must be a positive integer, got {self.restarts}")
         if self.norm not in SQUARE_NORMS:
             raise ValueError(
                 f"unknown norm {self.norm!r} for the square attack; valid norms: "
@@ -293,8 +293,8 @@ class Square(Attack):
             )
             return (best, queries + q_r), None
 
-        restarts = jnp.arange(int(self.n_restarts), dtype=jnp.uint32)
-        (best, queries), _ = jax.lax.scan(restart, (best, queries), restarts)
+        indices = jnp.arange(int(self.restarts), dtype=jnp.uint32)
+        (best, queries), _ = jax.lax.scan(restart, (best, queries), indices)
         result = AttackResult(x_adv=best[0], loss=best[1], success=best[2])
         return result, queries
 
@@ -315,8 +315,8 @@ class Square(Attack):
         ``seeds`` ``[B, 2]``: the restart's random seed words per example.
         """
         _, height, width, channels = x.shape
-        n_queries = int(self.n_queries)
-        levels = jnp.asarray(p_levels(n_queries, self.rescale_schedule))
+        steps = int(self.steps)
+        levels = jnp.asarray(p_levels(steps, self.rescale_schedule))
         side_table = square_sides(self.norm, self.p_init, height, width)
         sides = jnp.asarray(side_table)
         objective = self._objective(y)
@@ -347,7 +347,7 @@ class Square(Attack):
 
         def cond(state):
             i, _, _, ok, _ = state
-            return (i < n_queries) & jnp.any(~ok & ~done)
+            return (i < steps) & jnp.any(~ok & ~done)
 
         def body(state):
             i, x_best, obj, ok, queries = state
@@ -458,17 +458,28 @@ class Square(Attack):
 
 def square(
     eps: float,
+    steps: int = 5000,
+    *,
     norm: str = "linf",
-    n_queries: int = 5000,
     p_init: float = 0.8,
-    n_restarts: int = 1,
+    restarts: int = 1,
     loss: str = "margin",
     targeted: bool = False,
     rescale_schedule: bool = True,
 ) -> Square:
     """Square attack (Andriushchenko et al., ECCV 2020), score-based black-box, Linf or L2.
 
-    Published defaults (as in AutoAttack): 5000 queries, ``p_init = 0.8``, margin loss, one restart.
+    Published defaults (as in AutoAttack): 5000 queries (``steps``, one query each),
+    ``p_init = 0.8``, margin loss, one restart; targeted: ``y`` are the targets.
     ``attack.run_with_queries(...)`` also returns the per-example number of queries.
     """
-    return Square(eps, norm, n_queries, p_init, n_restarts, loss, targeted, rescale_schedule)
+    return Square(
+        eps=eps,
+        steps=steps,
+        norm=norm,
+        p_init=p_init,
+        restarts=restarts,
+        loss=loss,
+        targeted=targeted,
+        rescale_schedule=rescale_schedule,
+    )

@@ -40,7 +40,7 @@ class Transfer(Attack):
 
     attack: Attack
     surrogate_fn: ModelFn
-    loss: Any = None
+    loss: Any
 
     def __post_init__(self):
         if not isinstance(self.attack, Attack):
@@ -80,7 +80,7 @@ class Transfer(Attack):
         )
 
 
-def transfer(attack: Attack, surrogate_fn: ModelFn, loss: Any = None) -> Transfer:
+def transfer(attack: Attack, surrogate_fn: ModelFn, *, loss: Any = None) -> Transfer:
     """Transfer attack: ``attack`` crafted on ``surrogate_fn``, evaluated on the target model.
 
     Call it with the target's ``model_fn`` and ``variables=(target_variables,

@@ -1,103 +1,191 @@
-"""Defenses: training objectives ``defense(model, variables, batch, keys) -> (loss, aux)``."""
+"""Defenses: training objectives as weighted sums of terms (``advjax.defenses.core``).
+
+``defenses.build(spec)`` is the one path from a nested spec to a defense::
+
+    defenses.build({"name": "trades", "beta": 1.0,
+                    "attack": {"name": "fgsm_rs", "eps": 0.3}, "eps_warmup_epochs": 15},
+                   steps_per_epoch=390)
+
+``name`` picks a factory of ``DEFENSES``; the other keys are its keyword arguments, whose defaults
+live in the factory signatures only. Nested attack specs (a dict with a ``name``, a list or a
+``{view: spec}`` mapping of them) are built with ``advjax.attacks.build``; an attack spec without
+a ``loss`` gets the one the defense needs (the KL of ``kl_base`` for TRADES-style adversaries).
+``eps_warmup_epochs`` becomes ``eps_warmup_steps`` with ``steps_per_epoch``.
+``adversary_bn_mode="train"`` generates every adversary with BatchNorm in training mode (batch
+statistics, running averages untouched; thesis spec Sec. 8.5 and 9.8 item 10) instead of
+inference mode.
+
+Registered recipes that are other defenses under their papers' names: ``fast_at`` is ``pgd_at``
+(with ``attacks.fgsm_rs`` and a cyclic learning rate, Wong et al. 2020) and ``fast_srt`` is ``srt``
+(SRT App. J).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from advjax import attacks
-from advjax.defenses import regularized, semi_supervised
-from advjax.defenses.objectives import (
-    CrossEntropyOn,
-    WeightedSum,
-    attack_from_defense_config,
-    fast_at,
-    natural,
-    pgd_at,
-    warmup_steps,
-    weighted_sum,
+from advjax.defenses import terms
+from advjax.defenses.core import (
+    Adversary,
+    Defense,
+    FromState,
+    IndependentMembers,
+    StateRule,
+    StepContext,
+    Views,
+    WarmupScaled,
+    check_choice,
+    for_model,
 )
-from advjax.defenses.regularized import (
-    Regularized,
+from advjax.defenses.jacobian import jacobian_norm_estimate, projection_vectors
+from advjax.defenses.published import (
     atlas,
     atlas_g,
     atlas_l,
+    ave_at,
     jac,
-    jacobian_norm_estimate,
-    kl_attack_loss,
-    kl_term,
+    klr,
     mart,
+    max_at,
+    natural,
+    pgd_at,
+    rt,
+    srt,
     trades,
     trades_jac,
 )
-from advjax.defenses.semi_supervised import SemiSupervisedRobust, fast_srt, rt, srt
+from advjax.defenses.state import MovingAverage
+from advjax.defenses.terms import kl_attack_loss, kl_term
 
-
-def _pgd_at(cfg, steps_per_epoch: int) -> CrossEntropyOn:
-    """PGD-AT; with ``cfg.attack`` any attack (``attack=dict(name="worst_of_k", k=10)`` is
-    Worst-of-k adversarial training, Engstrom et al. 2019)."""
-    return pgd_at(attack_from_defense_config(cfg), warmup_steps(cfg, steps_per_epoch))
-
-
-def _fast_at(cfg, steps_per_epoch: int) -> CrossEntropyOn:
-    attack = attacks.fgsm_rs(
-        cfg.eps, step_size=cfg.get("step_size", None), norm=cfg.get("norm", "linf")
-    )
-    return fast_at(attack, warmup_steps(cfg, steps_per_epoch))
-
-
-DEFENSES = {
-    "natural": lambda cfg, steps_per_epoch: natural(),
-    "pgd_at": _pgd_at,
-    "fast_at": _fast_at,
-    # Regularised objectives (advjax.defenses.regularized).
-    "trades": regularized.trades_from_config,
-    "mart": regularized.mart_from_config,
-    "jac": regularized.jac_from_config,
-    "atlas": regularized.atlas_from_config,
-    "atlas_l": regularized.atlas_l_from_config,
-    "atlas_g": regularized.atlas_g_from_config,
-    "trades_jac": regularized.trades_jac_from_config,
-    "klr": regularized.klr_from_config,
-    # Semi-supervised robust training (advjax.defenses.semi_supervised, SRT document).
-    "rt": semi_supervised.rt_from_config,
-    "srt": semi_supervised.srt_from_config,
-    "fast_srt": semi_supervised.fast_srt_from_config,
+DEFENSES: dict[str, Callable[..., Defense]] = {
+    "natural": natural,
+    "pgd_at": pgd_at,
+    "fast_at": pgd_at,
+    "trades": trades,
+    "mart": mart,
+    "jac": jac,
+    "atlas": atlas,
+    "atlas_l": atlas_l,
+    "atlas_g": atlas_g,
+    "trades_jac": trades_jac,
+    "klr": klr,
+    "rt": rt,
+    "srt": srt,
+    "fast_srt": srt,
+    "ave_at": ave_at,
+    "max_at": max_at,
 }
 
 
-def get_defense(cfg: Any, steps_per_epoch: int = 1):
-    """Builds a defense from a config with a ``name`` field (see ``DEFENSES``).
+def _default(factory: Callable, name: str, given: Mapping[str, Any]) -> Any:
+    if name in given:
+        return given[name]
+    parameter = inspect.signature(factory).parameters.get(name)
+    return None if parameter is None else parameter.default
 
-    ``steps_per_epoch`` converts epoch counts in the config (``eps_warmup_epochs``) to steps.
-    """
-    name = cfg.name
+
+def _attack_loss(factory: Callable, kwargs: Mapping[str, Any]) -> str | None:
+    """The loss a defense's adversary must maximise when its spec does not name one."""
+    if factory in (trades, trades_jac, klr) or (
+        factory is mart and _default(mart, "variant", kwargs) == "thesis"
+    ):
+        return kl_attack_loss(_default(factory, "kl_base", kwargs))
+    return None
+
+
+def _is_attack_spec(value: Any) -> bool:
+    return isinstance(value, Mapping) and "name" in value
+
+
+def _build_attacks(value: Any, loss: str | None) -> Any:
+    """Builds the attack specs in ``value`` (a spec, a list of specs, a mapping of specs)."""
+    if _is_attack_spec(value):
+        spec = dict(value)
+        if loss is not None:
+            spec.setdefault("loss", loss)
+        return attacks.build(spec)
+    if isinstance(value, Mapping) and value and all(_is_attack_spec(v) for v in value.values()):
+        return {k: _build_attacks(v, loss) for k, v in value.items()}
+    if isinstance(value, list | tuple) and value and all(_is_attack_spec(v) for v in value):
+        return [_build_attacks(v, loss) for v in value]
+    return value
+
+
+def _plain(spec: Any) -> Any:
+    """A nested spec with ``ml_collections.ConfigDict`` levels as plain dicts."""
+    if hasattr(spec, "to_dict"):
+        spec = spec.to_dict()
+    if isinstance(spec, Mapping):
+        return {k: _plain(v) for k, v in spec.items()}
+    return spec
+
+
+def build(spec: Mapping[str, Any], steps_per_epoch: int = 1) -> Defense:
+    """Builds a defense from a nested spec (see the module docstring and ``DEFENSES``)."""
+    kwargs = _plain(spec)
+    if "name" not in kwargs:
+        raise ValueError(f"a defense spec needs a 'name'; valid names: {', '.join(DEFENSES)}")
+    name = kwargs.pop("name")
     if name not in DEFENSES:
-        raise ValueError(f"unknown defense {name!r}; valid defenses: {', '.join(sorted(DEFENSES))}")
-    return DEFENSES[name](cfg, steps_per_epoch)
+        raise ValueError(f"unknown defense {name!r}; valid defenses: {', '.join(DEFENSES)}")
+    factory = DEFENSES[name]
+    if "eps_warmup_epochs" in kwargs:
+        if "eps_warmup_steps" in kwargs:
+            raise ValueError("give eps_warmup_epochs or eps_warmup_steps, not both")
+        kwargs["eps_warmup_steps"] = int(kwargs.pop("eps_warmup_epochs") * steps_per_epoch)
+    bn_mode = kwargs.pop("adversary_bn_mode", "inference")
+    check_choice("adversary_bn_mode", bn_mode, ("inference", "train"))
+    valid = inspect.signature(factory).parameters
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"defense {name!r} has no hyperparameter {', '.join(map(repr, unknown))}; valid: "
+            f"{', '.join(p for p in valid if p != 'name')} (and eps_warmup_epochs, "
+            "adversary_bn_mode)"
+        )
+    loss = _attack_loss(factory, kwargs)
+    kwargs = {k: _build_attacks(v, loss) for k, v in kwargs.items()}
+    defense = factory(**kwargs)
+    if bn_mode == "train":
+        adversaries = tuple(dataclasses.replace(a, bn_train_mode=True) for a in defense.adversaries)
+        defense = dataclasses.replace(defense, adversaries=adversaries)
+    return defense
 
 
 __all__ = [
-    "SemiSupervisedRobust",
-    "fast_srt",
-    "rt",
-    "srt",
     "DEFENSES",
-    "CrossEntropyOn",
-    "Regularized",
-    "WeightedSum",
+    "Adversary",
+    "Defense",
+    "FromState",
+    "IndependentMembers",
+    "MovingAverage",
+    "StateRule",
+    "StepContext",
+    "Views",
+    "WarmupScaled",
     "atlas",
     "atlas_g",
     "atlas_l",
-    "fast_at",
-    "get_defense",
+    "ave_at",
+    "build",
+    "for_model",
     "jac",
     "jacobian_norm_estimate",
     "kl_attack_loss",
     "kl_term",
+    "klr",
     "mart",
+    "max_at",
     "natural",
     "pgd_at",
+    "projection_vectors",
+    "rt",
+    "srt",
+    "terms",
     "trades",
     "trades_jac",
-    "weighted_sum",
 ]

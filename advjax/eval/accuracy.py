@@ -2,27 +2,53 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from advjax import attacks
 from advjax.data import Dataset, eval_batches, num_eval_batches
-from advjax.train.step import make_mesh, replicate, shard_batch, sharded_eval_step
+from advjax.models import make_model_fn
+from advjax.sharding import AXIS, example_keys, make_mesh, replicate, shard_batch
 
 
-def attack_from_config(cfg: Any) -> attacks.Attack | None:
-    """Builds an attack from ``{name, restarts, **hyperparameters}`` (``name: none`` -> None)."""
-    params = dict(cfg)
-    name = params.pop("name")
-    restarts = int(params.pop("restarts", 1))
-    if name in (None, "none", "clean"):
-        return None
-    attack = attacks.get_attack(name, **params)
-    return attacks.restarts(attack, restarts) if restarts > 1 else attack
+def eval_step(
+    variables: Any,
+    batch: dict[str, jax.Array],
+    key: jax.Array,
+    *,
+    model: nn.Module,
+    attack: attacks.Attack | None,
+) -> dict[str, jax.Array]:
+    """Summed clean and adversarial correctness over the (masked) global batch."""
+    model_fn = make_model_fn(model)
+    x, y, mask = batch["image"], batch["label"], batch["mask"]
+    clean = jnp.argmax(model_fn(variables, x), -1) == y
+    out = {"count": jnp.sum(mask), "clean_correct": jnp.sum(mask * clean)}
+    if attack is not None:
+        keys = example_keys(key, y.shape[0])
+        x_adv = attack(model_fn, variables, x, y, keys)
+        robust = (jnp.argmax(model_fn(variables, x_adv), -1) == y) & clean
+        out["robust_correct"] = jnp.sum(mask * robust)
+    return jax.lax.psum(out, AXIS)
+
+
+@functools.cache
+def sharded_eval_step(model, attack, mesh: Mesh):
+    """``jit(shard_map(eval_step))`` returning global sums of clean/robust correctness.
+
+    Cached on its (hashable) arguments, so validation after every epoch reuses one compilation.
+    """
+    fn = functools.partial(eval_step, model=model, attack=attack)
+    mapped = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(AXIS), P()), out_specs=P())
+    return jax.jit(mapped)
 
 
 def evaluate_accuracy(

@@ -1,8 +1,22 @@
 """Named evaluation attacks: ``"pgd20"``, ``"untargeted"``, ``"aa_standard"``, ...
 
-A suite entry is a name from ``PRESETS`` (or ``pgd<N>`` for PGD with N steps) resolved with the
-suite's threat model (``norm``, ``eps``) into an attack and a protocol record for the report, or a
-dict ``{"name": <attack from advjax.attacks.ATTACKS>, "label": ..., **hyperparameters}``.
+A preset is data: a label, an attack spec over the registry ``advjax.attacks.ATTACKS`` and how the
+suite treats its column (kind, lp bounds check, extra protocol fields). Its ``"$<field>"``
+placeholders are filled from the suite's ``ThreatSettings`` (``"$eps"``, ``"$norm"``,
+``"$step_size"``, ``"$restarts"``, ``"$num_targets"``, ``"$max_angle"``, ...) and the resulting spec
+goes to ``advjax.attacks.build``; hyperparameters a preset does not name keep the factory defaults.
+
+A suite entry is a preset name (``PRESETS``, or ``pgd<N>`` for PGD with N steps) or a spec dict
+``{"name": <attack in advjax.attacks.ATTACKS>, **hyperparameters}`` with optional ``label``,
+``kind`` and ``bounded`` keys; placeholders work there too, and every attack in it that takes an
+``eps`` or a ``norm`` and names none gets the suite's.
+
+Names: a preset is named after its registry attack, and report columns after the preset. The
+exceptions are named configurations of a registry attack: ``pgd<N>``, ``apgd_ce`` / ``apgd_dlr``
+(``apgd`` with the CE / DLR loss; these, ``apgd_t``, ``fab_t``, ``fab`` and ``square`` are also
+AutoAttack's component names), ``aa_standard`` / ``aa_plus`` / ``aa_rand`` (``autoattack``
+versions), ``grid_adv_t`` / ``_r`` and ``rand_adv_t`` / ``_r`` (translation / rotation only),
+``pgd_plus`` / ``grid_adv_plus`` (``sequence``) and ``clean``.
 
 Epsilons are exact: ``parse_eps("8/255")`` keeps the fraction, and reports print both.
 """
@@ -11,12 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import fractions
-import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 from advjax import attacks
+from advjax.attacks import auto_attack
+from advjax.threats import NORMS
 
 
 def parse_eps(eps: float | str) -> tuple[float, str]:
@@ -36,12 +51,12 @@ def parse_eps(eps: float | str) -> tuple[float, str]:
 
 @dataclasses.dataclass(frozen=True)
 class ThreatSettings:
-    """The suite-wide threat model and defaults that presets read."""
+    """The suite-wide threat model and settings that presets read (``"$<field>"``)."""
 
     norm: str = "linf"
     eps: float = 0.3
     eps_text: str = "0.3"
-    step_size: float | None = None  # PGD-family step; None: 2.5 eps / steps (Madry et al.)
+    step_size: float | None = None  # PGD-family step; None: each attack's default
     restarts: int = 1
     num_classes: int = 10
     # Spatial threat models. Rotation-translation: Engstrom et al. 2019 / SRT App. B (±30 degrees,
@@ -54,6 +69,32 @@ class ThreatSettings:
     eps_affine: float = 0.1
     spatial_steps: int = 20
     padding: str = "zeros"
+
+    @property
+    def num_targets(self) -> int:
+        """Target classes of APGD-T and FAB-T: AutoAttack's 9, at most ``num_classes - 1``."""
+        return min(9, self.num_classes - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named evaluation attack, as data.
+
+    Attributes:
+      label: the column's name in reports (the documents' name for the attack).
+      attack: the attack spec, with ``"$<field>"`` placeholders; ``None`` for the clean column.
+      kind: white-box, black-box, hard-label, transfer or clean.
+      bounded: the suite checks that ``x_adv`` lies in its lp ball (and records norm and eps).
+      norms: the suite norms the preset runs under.
+      protocol: extra fields of the report's protocol record (placeholders allowed).
+    """
+
+    label: str
+    attack: dict[str, Any] | None
+    kind: str = "white-box"
+    bounded: bool = True
+    norms: tuple[str, ...] = NORMS
+    protocol: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,286 +109,270 @@ class Entry:
     bounded: bool = True  # x_adv must lie in the lp ball of (norm, eps) (checked per point)
 
 
-def _protocol(s: ThreatSettings, **extra) -> dict[str, Any]:
-    return {"norm": s.norm, "eps": s.eps, "eps_text": s.eps_text, **extra}
+# ---------------------------------------------------------------------------------- the presets
 
+_LP = {"eps": "$eps", "norm": "$norm"}
+_RT = {"max_angle": "$max_angle", "max_translation": "$max_translation", "padding": "$padding"}
+_RT_MODES = {"rt": "", "t": ".T", "r": ".R"}
 
-def _with_restarts(attack: attacks.Attack, restarts: int) -> attacks.Attack:
-    return attacks.restarts(attack, restarts) if restarts > 1 else attack
 
+def pgd_spec(steps: int) -> dict[str, Any]:
+    """PGD-``steps`` with the suite's step size and restarts (Madry's step when it has none)."""
+    pgd = {"name": "pgd", **_LP, "step_size": "$step_size", "steps": steps}
+    return {"name": "restarts", "restarts": "$restarts", "attack": pgd}
 
-_UNROLL_MAX_STEPS = 100
 
+def _pgd(steps: int) -> Preset:
+    return Preset(f"PGD-{steps}", pgd_spec(steps))
 
-def _pgd(steps: int) -> Callable[[ThreatSettings], Entry]:
-    def build(s: ThreatSettings) -> Entry:
-        step = s.step_size if s.step_size is not None else 2.5 * s.eps / steps
-        # Unrolled, short PGD compiles to the fastest code; PGD-1000 unrolled would take minutes
-        # and gigabytes to compile, so long runs stay a lax.scan.
-        attack = attacks.pgd(s.eps, step, steps, norm=s.norm, unroll=steps <= _UNROLL_MAX_STEPS)
-        protocol = _protocol(
-            s,
-            attack="pgd",
-            loss="ce",
-            steps=steps,
-            step_size=step,
-            restarts=s.restarts,
-            random_init=True,
-        )
-        return Entry(f"pgd{steps}", f"PGD-{steps}", _with_restarts(attack, s.restarts), protocol)
 
-    return build
+def _apgd(loss: str) -> Preset:
+    spec = {"name": "apgd", **_LP, "loss": loss, "restarts": "$restarts"}
+    return Preset(f"APGD-{loss.upper()}", spec)
 
 
-def _fgsm(s: ThreatSettings) -> Entry:
-    return Entry("fgsm", "FGSM", attacks.fgsm(s.eps, norm=s.norm), _protocol(s, attack="fgsm"))
+def _autoattack(version: str, label: str) -> Preset:
+    spec = {"name": "autoattack", **_LP, "version": version, "num_classes": "$num_classes"}
+    return Preset(label, spec)
 
 
-def _mifgsm(s: ThreatSettings) -> Entry:
-    attack = attacks.mifgsm(s.eps, steps=10, norm=s.norm)
-    return Entry("mifgsm", "MI-FGSM", attack, _protocol(s, attack="mifgsm", steps=10, decay=1.0))
+def _margin(name: str, label: str) -> Preset:
+    spec = {"name": name, **_LP, "step_size": "$step_size", "restarts": "$restarts"}
+    return Preset(label, spec)
 
 
-def _untargeted(s: ThreatSettings) -> Entry:
-    from advjax.attacks import multitarget
-
-    kwargs = {} if s.step_size is None else {"step_size": s.step_size}
-    attack = multitarget.untargeted(s.eps, norm=s.norm, restarts=s.restarts, **kwargs)
-    return Entry("untargeted", "Un-T", attack, _protocol(s, **_describe(attack)))
-
-
-def _multitargeted(s: ThreatSettings) -> Entry:
-    from advjax.attacks import multitarget
-
-    kwargs = {} if s.step_size is None else {"step_size": s.step_size}
-    attack = multitarget.multitargeted(s.eps, norm=s.norm, restarts=s.restarts, **kwargs)
-    return Entry("multitargeted", "Multi-T", attack, _protocol(s, **_describe(attack)))
-
-
-def _apgd(loss: str) -> Callable[[ThreatSettings], Entry]:
-    def build(s: ThreatSettings) -> Entry:
-        attack = attacks.apgd(s.eps, norm=s.norm, loss=loss, n_restarts=s.restarts)
-        name = f"apgd_{loss}"
-        return Entry(name, f"APGD-{loss.upper()}", attack, _protocol(s, **_describe(attack)))
-
-    return build
-
-
-def _apgd_t(s: ThreatSettings) -> Entry:
-    targets = min(9, s.num_classes - 1)
-    attack = attacks.apgd_t(s.eps, norm=s.norm, n_target_classes=targets)
-    return Entry("apgd_t", "APGD-T", attack, _protocol(s, **_describe(attack)))
-
-
-def _fab_t(s: ThreatSettings) -> Entry:
-    targets = min(9, s.num_classes - 1)
-    attack = attacks.fab_t(s.eps, norm=s.norm, n_target_classes=targets)
-    return Entry("fab_t", "FAB-T", attack, _protocol(s, **_describe(attack)))
-
-
-def _square(s: ThreatSettings) -> Entry:
-    attack = attacks.square(s.eps, norm=s.norm)
-    return Entry("square", "Square", attack, _protocol(s, **_describe(attack)), kind="black-box")
-
-
-def _rays(s: ThreatSettings) -> Entry:
-    if s.norm != "linf":
-        raise ValueError(f"rays is an Linf attack; the suite's norm is {s.norm!r}")
-    attack = attacks.rays(s.eps)
-    return Entry("rays", "RayS", attack, _protocol(s, **_describe(attack)), kind="hard-label")
-
-
-def _brendel_bethge(s: ThreatSettings) -> Entry:
-    """B&B as the UDR document runs it (Table 1, after Tramer et al. 2020): 200 steps from PGD-20
-    with step eps/2 started at the whole-box budget (a start at ``eps`` could not go below it)."""
-    if s.norm != "linf":
-        raise ValueError(f"bb is an Linf attack; the suite's norm is {s.norm!r}")
-    attack = attacks.brendel_bethge(s.eps)
-    return Entry("bb", "B&B", attack, _protocol(s, **_describe(attack)))
-
-
-def _autoattack(version: str) -> Callable[[ThreatSettings], Entry]:
-    def build(s: ThreatSettings) -> Entry:
-        from advjax.attacks.auto_attack import components
-
-        parts = components(s.eps, s.norm, version, s.num_classes)
-        attack = attacks.Cascade(tuple(parts.values()))
-        label = {"standard": "AA", "plus": "AA+", "rand": "AA-rand"}[version]
-        protocol = _protocol(
-            s,
-            attack=f"autoattack_{version}",
-            components={name: _describe(a) for name, a in parts.items()},
-        )
-        return Entry(f"aa_{version}", label, attack, protocol)
-
-    return build
-
-
-def _minimum_norm(name: str, label: str) -> Callable[[ThreatSettings], Entry]:
-    def build(s: ThreatSettings) -> Entry:
-        from advjax.attacks import minimum_norm
-
-        if s.norm != "l2":
-            raise ValueError(f"{name} is an L2 attack; set the suite's norm to 'l2'")
-        attack = getattr(minimum_norm, name)(eps=s.eps)
-        return Entry(name, label, attack, _protocol(s, **_describe(attack)))
-
-    return build
-
-
-def _sparse(name: str, label: str) -> Callable[[ThreatSettings], Entry]:
-    def build(s: ThreatSettings) -> Entry:
-        from advjax.attacks import sparse
-
-        attack = getattr(sparse, name)()
-        protocol = {"norm": "l0", **_describe(attack)}
-        return Entry(name, label, attack, protocol, bounded=False)
-
-    return build
-
-
-_SPATIAL_MODES = {"rt": "", "t": ".T", "r": ".R"}
-
-
-def _rt_protocol(s: ThreatSettings, attack: attacks.Attack, mode: str) -> dict[str, Any]:
-    bounds = {
-        "rt": dict(max_angle=s.max_angle, max_translation=s.max_translation),
-        "t": dict(max_angle=0.0, max_translation=s.max_translation),
-        "r": dict(max_angle=s.max_angle, max_translation=0.0),
-    }[mode]
-    return {"threat_model": f"rotation-translation ({mode})", **bounds, **_describe(attack)}
-
-
-def _rt_search(factory, name: str, label: str, mode: str) -> Callable[[ThreatSettings], Entry]:
-    """GridAdv / RandAdv preset (``mode``: ``rt``, ``t`` for ``.T``, ``r`` for ``.R``)."""
-
-    def build(s: ThreatSettings) -> Entry:
-        attack = factory(s.max_angle, s.max_translation, mode=mode, padding=s.padding)
-        return Entry(
-            name + ("" if mode == "rt" else f"_{mode}"),
-            label + _SPATIAL_MODES[mode],
-            attack,
-            _rt_protocol(s, attack, mode),
-            bounded=False,
-        )
-
-    return build
-
-
-def _grid_adv(mode: str) -> Callable[[ThreatSettings], Entry]:
-    return _rt_search(attacks.grid_adv, "grid_adv", "GridAdv", mode)
-
-
-def _rand_adv(mode: str) -> Callable[[ThreatSettings], Entry]:
-    return _rt_search(attacks.rand_adv, "rand_adv", "RandAdv", mode)
-
-
-def _worst_of_k(s: ThreatSettings) -> Entry:
-    attack = attacks.worst_of_k(10, s.max_angle, s.max_translation, padding=s.padding)
-    return Entry("worst_of_k", "Worst-of-10", attack, _rt_protocol(s, attack, "rt"), bounded=False)
-
-
-def _rt_pgd(s: ThreatSettings) -> Entry:
-    attack = attacks.rt_pgd(s.max_angle, s.max_translation, s.spatial_steps, padding=s.padding)
-    return Entry("rt_pgd", "RT-PGD", attack, _rt_protocol(s, attack, "rt"), bounded=False)
-
-
-def _flow(s: ThreatSettings) -> Entry:
-    attack = attacks.flow_pgd(s.eps_flow, steps=s.spatial_steps, padding=s.padding)
-    protocol = {"threat_model": "flow (Linf, normalised units)", "eps_flow": s.eps_flow}
-    return Entry("flow", "Flow", attack, {**protocol, **_describe(attack)}, bounded=False)
-
-
-def _affine(s: ThreatSettings) -> Entry:
-    attack = attacks.affine_pgd(s.eps_affine, steps=s.spatial_steps, padding=s.padding)
-    protocol = {"threat_model": "affine increment (Linf)", "eps_affine": s.eps_affine}
-    return Entry("affine", "Affine", attack, {**protocol, **_describe(attack)}, bounded=False)
-
-
-def _integrated(s: ThreatSettings) -> Entry:
-    attack = attacks.integrated_spatial(
-        s.eps_flow, s.eps_affine, steps=s.spatial_steps, padding=s.padding
-    )
-    protocol = {
-        "threat_model": "integrated flow + affine (Linf each)",
-        "eps_flow": s.eps_flow,
-        "eps_affine": s.eps_affine,
+def _rt_protocol(mode: str) -> dict[str, Any]:
+    return {
+        "threat_model": f"rotation-translation ({mode})",
+        "max_angle": 0.0 if mode == "t" else "$max_angle",
+        "max_translation": 0.0 if mode == "r" else "$max_translation",
     }
-    return Entry("spatial", "Integrated", attack, {**protocol, **_describe(attack)}, bounded=False)
 
 
-def _compound(order: str) -> Callable[[ThreatSettings], Entry]:
+def _rt_search(name: str, label: str, mode: str) -> Preset:
+    """GridAdv / RandAdv (``mode``: ``rt``, ``t`` for ``.T``, ``r`` for ``.R``)."""
+    spec = {"name": name, **_RT, "mode": mode}
+    protocol = _rt_protocol(mode)
+    return Preset(label + _RT_MODES[mode], spec, bounded=False, protocol=protocol)
+
+
+_GRID_ADV = {"name": "grid_adv", **_RT}
+
+
+def _compound(first: tuple[str, dict], second: tuple[str, dict], label: str) -> Preset:
     """SRT App. F: PGD+ (GridAdv on top of PGD-40) and GridAdv+ (PGD-40 on top of GridAdv)."""
-
-    def build(s: ThreatSettings) -> Entry:
-        pixel = _pgd(40)(s)
-        grid = _grid_adv("rt")(s)
-        parts = (pixel, grid) if order == "pgd_plus" else (grid, pixel)
-        attack = attacks.sequence(*(p.attack for p in parts))
-        protocol = {
-            "threat_model": "compound: " + " then ".join(p.label for p in parts),
-            "components": {p.name: p.protocol for p in parts},
-        }
-        label = "PGD+" if order == "pgd_plus" else "GridAdv+"
-        return Entry(order, label, attack, protocol, bounded=False)
-
-    return build
+    spec = {"name": "sequence", "attacks": [first[1], second[1]]}
+    protocol = {"threat_model": f"compound: {first[0]} then {second[0]}"}
+    return Preset(label, spec, bounded=False, protocol=protocol)
 
 
-def _clean(s: ThreatSettings) -> Entry:
-    del s
-    return Entry("clean", "Clean", None, {"attack": "none"}, kind="clean", bounded=False)
-
-
-PRESETS: dict[str, Callable[[ThreatSettings], Entry]] = {
-    "clean": _clean,
-    "fgsm": _fgsm,
-    "mifgsm": _mifgsm,
-    "untargeted": _untargeted,
-    "multitargeted": _multitargeted,
+PRESETS: dict[str, Preset] = {
+    "clean": Preset("Clean", None, kind="clean", bounded=False, protocol={"attack": "none"}),
+    "fgsm": Preset("FGSM", {"name": "fgsm", **_LP}),
+    "mifgsm": Preset("MI-FGSM", {"name": "mifgsm", **_LP}),
+    "untargeted": _margin("untargeted", "Un-T"),
+    "multitargeted": _margin("multitargeted", "Multi-T"),
     "apgd_ce": _apgd("ce"),
     "apgd_dlr": _apgd("dlr"),
-    "apgd_t": _apgd_t,
-    "fab_t": _fab_t,
-    "square": _square,
-    "rays": _rays,
-    "bb": _brendel_bethge,
-    "aa_standard": _autoattack("standard"),
-    "aa_plus": _autoattack("plus"),
-    "aa_rand": _autoattack("rand"),
-    "cw_l2": _minimum_norm("cw_l2", "C&W"),
-    "ddn": _minimum_norm("ddn", "DDN"),
-    "jsma": _sparse("jsma", "JSMA"),
-    "pointwise": _sparse("pointwise", "Point-wise"),
+    "apgd_t": Preset("APGD-T", {"name": "apgd_t", **_LP, "num_targets": "$num_targets"}),
+    "fab_t": Preset("FAB-T", {"name": "fab_t", **_LP, "num_targets": "$num_targets"}),
+    "square": Preset("Square", {"name": "square", **_LP}, kind="black-box"),
+    "rays": Preset("RayS", {"name": "rays", "eps": "$eps"}, kind="hard-label", norms=("linf",)),
+    # B&B as the UDR document runs it (Table 1, after Tramer et al. 2020): 200 steps from PGD-20
+    # with step eps/2 started at the whole-box budget (a start at eps could not go below it).
+    "brendel_bethge": Preset("B&B", {"name": "brendel_bethge", "eps": "$eps"}, norms=("linf",)),
+    "aa_standard": _autoattack("standard", "AA"),
+    "aa_plus": _autoattack("plus", "AA+"),
+    "aa_rand": _autoattack("rand", "AA-rand"),
+    "cw_l2": Preset("C&W", {"name": "cw_l2", "eps": "$eps"}, norms=("l2",)),
+    "ddn": Preset("DDN", {"name": "ddn", "eps": "$eps"}, norms=("l2",)),
+    "jsma": Preset("JSMA", {"name": "jsma"}, bounded=False, protocol={"norm": "l0"}),
+    "pointwise": Preset(
+        "Point-wise", {"name": "pointwise"}, bounded=False, protocol={"norm": "l0"}
+    ),
     # Spatial and compound (SRT Tables 3, 5 and App. F; Pareto document Sec. 2).
-    "grid_adv": _grid_adv("rt"),
-    "grid_adv_t": _grid_adv("t"),
-    "grid_adv_r": _grid_adv("r"),
-    "rand_adv": _rand_adv("rt"),
-    "rand_adv_t": _rand_adv("t"),
-    "rand_adv_r": _rand_adv("r"),
-    "worst_of_k": _worst_of_k,
-    "rt_pgd": _rt_pgd,
-    "flow": _flow,
-    "affine": _affine,
-    "spatial": _integrated,
-    "pgd_plus": _compound("pgd_plus"),
-    "grid_adv_plus": _compound("grid_adv_plus"),
+    "grid_adv": _rt_search("grid_adv", "GridAdv", "rt"),
+    "grid_adv_t": _rt_search("grid_adv", "GridAdv", "t"),
+    "grid_adv_r": _rt_search("grid_adv", "GridAdv", "r"),
+    "rand_adv": _rt_search("rand_adv", "RandAdv", "rt"),
+    "rand_adv_t": _rt_search("rand_adv", "RandAdv", "t"),
+    "rand_adv_r": _rt_search("rand_adv", "RandAdv", "r"),
+    "worst_of_k": Preset(
+        "Worst-of-10",
+        {"name": "worst_of_k", **_RT, "steps": 10},
+        bounded=False,
+        protocol=_rt_protocol("rt"),
+    ),
+    "rt_pgd": Preset(
+        "RT-PGD",
+        {"name": "rt_pgd", **_RT, "steps": "$spatial_steps"},
+        bounded=False,
+        protocol=_rt_protocol("rt"),
+    ),
+    "flow_pgd": Preset(
+        "Flow",
+        {
+            "name": "flow_pgd",
+            "eps_flow": "$eps_flow",
+            "steps": "$spatial_steps",
+            "padding": "$padding",
+        },
+        bounded=False,
+        protocol={"threat_model": "flow (Linf, normalised units)", "eps_flow": "$eps_flow"},
+    ),
+    "affine_pgd": Preset(
+        "Affine",
+        {
+            "name": "affine_pgd",
+            "eps_affine": "$eps_affine",
+            "steps": "$spatial_steps",
+            "padding": "$padding",
+        },
+        bounded=False,
+        protocol={"threat_model": "affine increment (Linf)", "eps_affine": "$eps_affine"},
+    ),
+    "integrated_spatial": Preset(
+        "Integrated",
+        {
+            "name": "integrated_spatial",
+            "eps_flow": "$eps_flow",
+            "eps_affine": "$eps_affine",
+            "steps": "$spatial_steps",
+            "padding": "$padding",
+        },
+        bounded=False,
+        protocol={
+            "threat_model": "integrated flow + affine (Linf each)",
+            "eps_flow": "$eps_flow",
+            "eps_affine": "$eps_affine",
+        },
+    ),
+    "pgd_plus": _compound(("PGD-40", pgd_spec(40)), ("GridAdv", _GRID_ADV), "PGD+"),
+    "grid_adv_plus": _compound(("GridAdv", _GRID_ADV), ("PGD-40", pgd_spec(40)), "GridAdv+"),
 }
 _PGD_NAME = re.compile(r"pgd(\d+)$")
 
 
-def _describe(attack: attacks.Attack) -> dict[str, Any]:
-    """The attack's hyperparameters as a JSON-friendly dict (for the report)."""
-    out: dict[str, Any] = {"attack": type(attack).__name__}
+# ------------------------------------------------------------------------------------ resolving
+
+
+def valid_names() -> list[str]:
+    return sorted([*PRESETS, "pgd<N>"])
+
+
+def preset(name: str) -> Preset:
+    """The preset ``name`` (``pgd<N>`` included)."""
+    if name in PRESETS:
+        return PRESETS[name]
+    match = _PGD_NAME.match(name)
+    if match:
+        return _pgd(int(match.group(1)))
+    raise ValueError(f"unknown evaluation attack {name!r}; valid names: {', '.join(valid_names())}")
+
+
+def fill(value: Any, settings: ThreatSettings) -> Any:
+    """``value`` with every ``"$<field>"`` string replaced by that field of ``settings``."""
+    if isinstance(value, str) and value.startswith("$"):
+        field = value[1:]
+        if not hasattr(settings, field):
+            valid = ", ".join(f.name for f in dataclasses.fields(settings))
+            raise ValueError(f"unknown placeholder {value!r}; ThreatSettings has {valid}")
+        return getattr(settings, field)
+    if isinstance(value, Mapping):
+        return {k: fill(v, settings) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(fill(v, settings) for v in value)
+    return value
+
+
+def resolve(entry: str | Mapping[str, Any], settings: ThreatSettings) -> Entry:
+    """Turns a suite entry (preset name or spec dict) into an ``Entry``: the spec with the
+    threat settings filled in, built by ``advjax.attacks.build``."""
+    if isinstance(entry, str):
+        return _from_preset(entry, preset(entry), settings)
+    params = dict(entry.to_dict() if hasattr(entry, "to_dict") else entry)
+    label = params.pop("label", params.get("name"))
+    custom = Preset(
+        label,
+        params,
+        kind=params.pop("kind", "white-box"),
+        bounded=bool(params.pop("bounded", True)),
+    )
+    return _from_preset(label, custom, settings, threat_defaults=True)
+
+
+def _from_preset(
+    name: str, p: Preset, settings: ThreatSettings, threat_defaults: bool = False
+) -> Entry:
+    if settings.norm not in p.norms:
+        raise ValueError(
+            f"{name} is an {' / '.join(p.norms)} attack; the suite's norm is {settings.norm!r}"
+        )
+    extra = fill(p.protocol, settings)
+    if p.attack is None:
+        return Entry(name, p.label, None, extra, kind=p.kind, bounded=p.bounded)
+    spec = fill(p.attack, settings)
+    if threat_defaults:
+        spec = with_threat_defaults(spec, settings)
+    attack = attacks.build(spec)
+    protocol = {**_lp_protocol(spec, settings), **extra} if p.bounded else dict(extra)
+    protocol.update(describe(attack))
+    if spec["name"] == "autoattack":
+        protocol["components"] = _components(spec, attack)
+    protocol["spec"] = spec
+    return Entry(name, p.label, attack, protocol, kind=p.kind, bounded=p.bounded)
+
+
+def with_threat_defaults(spec: dict[str, Any], settings: ThreatSettings) -> dict[str, Any]:
+    """``spec`` where every (nested) attack taking ``eps`` or ``norm`` that names none gets the
+    suite's."""
+    out = dict(spec)
+    if out.get("name") not in attacks.ATTACKS:
+        return out  # attacks.build names the problem
+    names = attacks.hyperparameters(out["name"])
+    for key in ("eps", "norm"):
+        if key in names and key not in out:
+            out[key] = getattr(settings, key)
+    if isinstance(out.get("attack"), Mapping):
+        out["attack"] = with_threat_defaults(dict(out["attack"]), settings)
+    if isinstance(out.get("attacks"), list | tuple):
+        out["attacks"] = [
+            with_threat_defaults(dict(a), settings) if isinstance(a, Mapping) else a
+            for a in out["attacks"]
+        ]
+    return out
+
+
+def _lp_protocol(spec: dict[str, Any], settings: ThreatSettings) -> dict[str, Any]:
+    """Norm and eps of the bounds check: the spec's own where it names them, else the suite's."""
+    eps = spec.get("eps", settings.eps)
+    eps_text = settings.eps_text if eps == settings.eps else repr(float(eps))
+    return {"norm": spec.get("norm", settings.norm), "eps": eps, "eps_text": eps_text}
+
+
+def _components(spec: dict[str, Any], attack: attacks.Attack) -> dict[str, Any]:
+    """AutoAttack's components by name (``auto_attack.COMPONENTS``), described."""
+    params = {k: v for k, v in spec.items() if k != "name"}
+    names = list(auto_attack.components(**params))
+    return {name: describe(a) for name, a in zip(names, attack.attacks, strict=True)}
+
+
+def describe(attack: attacks.Attack) -> dict[str, Any]:
+    """The attack's hyperparameters as a JSON-friendly dict (for the report).
+
+    ``type`` is the attack's class; ``restarts(a, n)`` is described as ``a`` with ``restarts=n``.
+    """
+    if isinstance(attack, attacks.Restarts):
+        return {**describe(attack.attack), "restarts": attack.restarts}
+    out: dict[str, Any] = {"type": type(attack).__name__}
     for field in dataclasses.fields(attack):
         value = getattr(attack, field.name)
         if isinstance(value, str | int | float | bool) or value is None:
             out[field.name] = value
         elif dataclasses.is_dataclass(value):
-            out[field.name] = _describe(value)
+            out[field.name] = describe(value)
         elif isinstance(value, tuple) and all(dataclasses.is_dataclass(v) for v in value):
-            out[field.name] = [_describe(v) for v in value]
+            out[field.name] = [describe(v) for v in value]
         elif callable(value):
             out[field.name] = getattr(value, "__name__", repr(value))
         else:
@@ -358,30 +383,3 @@ def _describe(attack: attacks.Attack) -> dict[str, Any]:
 def protocol_summary(protocol: dict[str, Any]) -> str:
     """One line ``k=v, ...`` of a protocol record (nested records left out)."""
     return ", ".join(f"{k}={v}" for k, v in protocol.items() if not isinstance(v, dict | list))
-
-
-def valid_names() -> list[str]:
-    return sorted([*PRESETS, "pgd<N>"])
-
-
-def resolve(entry: str | dict, settings: ThreatSettings) -> Entry:
-    """Turns a suite entry (preset name or attack dict) into an ``Entry``."""
-    if isinstance(entry, dict) or hasattr(entry, "to_dict"):
-        params = dict(entry.to_dict() if hasattr(entry, "to_dict") else entry)
-        name = params.pop("name")
-        label = params.pop("label", name)
-        restarts = int(params.pop("restarts", 1))
-        factory = attacks.ATTACKS.get(name)
-        if factory is not None and "eps" in inspect.signature(factory).parameters:
-            params.setdefault("eps", settings.eps)
-        attack = _with_restarts(attacks.get_attack(name, **params), restarts)
-        protocol = {"norm": params.get("norm", "linf"), "restarts": restarts, **_describe(attack)}
-        return Entry(label, label, attack, protocol)
-    if entry in PRESETS:
-        return PRESETS[entry](settings)
-    match = _PGD_NAME.match(entry)
-    if match:
-        return _pgd(int(match.group(1)))(settings)
-    raise ValueError(
-        f"unknown evaluation attack {entry!r}; valid names: {', '.join(valid_names())}"
-    )

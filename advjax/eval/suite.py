@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from advjax.data import Dataset, eval_batches, num_eval_batches
 from advjax.eval.presets import Entry, ThreatSettings, resolve
-from advjax.train.step import AXIS, make_mesh, replicate, shard_batch
+from advjax.sharding import AXIS, make_mesh, replicate, shard_batch
 
 # Slack of the threat-model check: float32 projections may overshoot eps by rounding.
 BOUND_TOLERANCE = 1e-5

@@ -1,8 +1,27 @@
 """Flax (linen) image classifiers and the model-function contract of DESIGN.md.
 
 Every model takes NHWC float32 images in [0, 1] (normalisation lives inside the model) and is called
-as ``model.apply(variables, x, train=False, return_features=False)``, returning logits
-``[batch, num_classes]`` or ``(logits, features)`` with the penultimate features ``[batch, D]``.
+as ``model.apply(variables, x, train=False)``, returning logits ``[batch, num_classes]``.
+
+Named features. Every zoo model records named intermediate layers with
+``self.sow("intermediates", name, value)`` and lists them in the class attribute ``feature_names``;
+all record at least ``"last_conv"`` (the output of the last convolutional block, ``[B, H, W, C]``,
+the map the head pools or flattens) and ``"penultimate"`` (the input of the last dense layer,
+``[B, D]``), plus per-block outputs (``block<i>``, ``stage<i>`` or ``group<i>``; see each module).
+Recording is free unless requested: ``intermediates`` is mutable only when features are asked for.
+
+Functional API (:mod:`advjax.models.functional`):
+
+* ``forward(model, variables, x, *, train, features=()) -> Forward(logits, features, batch_stats)``:
+  logits, ``{name: value}`` for the requested names (both modes) and, in training mode, the updated
+  BatchNorm running statistics (``{}`` otherwise). An unknown name raises ``ValueError`` listing the
+  recorded ones; models that record nothing work as long as no feature is requested.
+* ``apply_train(model, variables, x) -> (logits, new_batch_stats)``: training mode.
+* ``make_model_fn(model, train=False)``: the hashable DESIGN.md ``model_fn(variables, x) ->
+  logits``; ``train=True`` uses batch statistics and drops their update (an adversary generated
+  with BatchNorm in training mode, variables untouched).
+* ``make_feature_fn(model, features=("penultimate",), train=False)``: hashable
+  ``feature_fn(variables, x) -> (logits, {name: value})``.
 
 Models (``MODELS`` registry names):
 
@@ -21,10 +40,14 @@ from collections.abc import Callable
 import flax.linen as nn
 
 from advjax.models.checks import check_images
+from advjax.models.ensemble import Ensemble, ensemble_variables, member, member_variables
 from advjax.models.functional import (
+    FEATURE_COLLECTION,
     FeatureFn,
+    Forward,
     ModelFn,
     apply_train,
+    forward,
     init_variables,
     make_feature_fn,
     make_model_fn,
@@ -56,10 +79,16 @@ def get_model(name: str, **kwargs) -> nn.Module:
 
 
 __all__ = [
+    "Ensemble",
+    "ensemble_variables",
+    "member",
+    "member_variables",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
+    "FEATURE_COLLECTION",
     "MODELS",
     "FeatureFn",
+    "Forward",
     "MnistCNN4",
     "MnistFastATNet",
     "MnistSmallCNN",
@@ -69,6 +98,7 @@ __all__ = [
     "WideResNet",
     "apply_train",
     "check_images",
+    "forward",
     "get_model",
     "init_variables",
     "make_feature_fn",

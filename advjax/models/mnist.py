@@ -11,20 +11,40 @@
   Wong & Kolter (2018): conv 16 4x4 stride 2 -> ReLU -> conv 32 4x4 stride 2 -> ReLU -> FC 100 ->
   ReLU -> FC, padding 1 (28 -> 14 -> 7; 166,406 parameters for 10 classes).
 
-Both take NHWC float images in [0, 1] and flatten in NHWC (H, W, C) order, which differs from the
+All take NHWC float images in [0, 1] and flatten in NHWC (H, W, C) order, which differs from the
 PyTorch (C, H, W) order; permute the first FC kernel when porting PyTorch weights.
+
+Named features (``feature_names``, read with :func:`advjax.models.forward`), shapes for 28x28
+inputs:
+
+=================  ==================  ==================  ==================
+name               MnistSmallCNN       MnistCNN4           MnistFastATNet
+=================  ==================  ==================  ==================
+``block1``         [B, 14, 14, 32]     [B, 12, 12, 32]     [B, 14, 14, 16]
+``block2``         [B, 7, 7, 64]       [B, 4, 4, 64]       [B, 7, 7, 32]
+``last_conv``      [B, 7, 7, 64]       [B, 4, 4, 64]       [B, 7, 7, 32]
+``penultimate``    [B, 1024]           [B, 200]            [B, 100]
+=================  ==================  ==================  ==================
+
+``block<i>`` is the output of the i-th convolutional block (its convolutions, ReLUs and max-pool);
+``last_conv`` is the last block's output, the map the classifier flattens (ADR's CNN latent, thesis
+supp. Sec. 2: "Generator ... MaxPool -> Flatten"); ``penultimate`` is the input of the last dense
+layer.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from advjax.models import canonical_conv
 from advjax.models.checks import check_images
+from advjax.models.functional import FEATURE_COLLECTION
 from advjax.models.normalize import IDENTITY_MEAN, IDENTITY_STD, normalize
 
-ModelOutput = jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]
+MNIST_FEATURES = ("block1", "block2", "last_conv", "penultimate")
 
 
 def _conv(features: int, kernel: int, padding: str, name: str) -> nn.Conv:
@@ -64,6 +84,19 @@ class _MnistNet(nn.Module):
     std: tuple[float, ...] = IDENTITY_STD
     input_hw: tuple[int, int] | None = (28, 28)
 
+    feature_names: ClassVar[tuple[str, ...]] = MNIST_FEATURES
+
+    def _record(self, name: str, value: jnp.ndarray) -> None:
+        """Record a named feature (a no-op unless ``forward`` requested features)."""
+        self.sow(FEATURE_COLLECTION, name, value)
+
+    def _blocks_done(self, block1: jnp.ndarray, block2: jnp.ndarray) -> jnp.ndarray:
+        """Record the two conv-block outputs and return the flattened last one."""
+        self._record("block1", block1)
+        self._record("block2", block2)
+        self._record("last_conv", block2)
+        return block2.reshape((block2.shape[0], -1))
+
     def _inputs(self, x: jnp.ndarray) -> jnp.ndarray:
         """Checks one-channel NHWC images of ``input_hw`` and normalises them."""
         check_images(x, expected_hw=self.input_hw, channels=1)
@@ -74,17 +107,16 @@ class MnistSmallCNN(_MnistNet):
     """Madry et al. ``mnist_challenge`` CNN (2 conv + 2 FC), the ATLAS MNIST model."""
 
     @nn.compact
-    def __call__(
-        self, x: jnp.ndarray, train: bool = False, return_features: bool = False
-    ) -> ModelOutput:
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         del train  # no BatchNorm or dropout
         x = self._inputs(x)
-        x = _max_pool(nn.relu(_conv(32, 5, "SAME", "conv1")(x)))
-        x = _max_pool(nn.relu(_conv(64, 5, "SAME", "conv2")(x)))
-        x = x.reshape((x.shape[0], -1))
+        block1 = _max_pool(nn.relu(_conv(32, 5, "SAME", "conv1")(x)))
+        block2 = _max_pool(nn.relu(_conv(64, 5, "SAME", "conv2")(block1)))
+        x = self._blocks_done(block1, block2)
         features = nn.relu(nn.Dense(1024, name="fc1")(x))
         logits = nn.Dense(self.num_classes, name="fc2")(features)
-        return (logits, features) if return_features else logits
+        self._record("penultimate", features)
+        return logits
 
 
 class MnistCNN4(_MnistNet):
@@ -94,37 +126,35 @@ class MnistCNN4(_MnistNet):
     """
 
     @nn.compact
-    def __call__(
-        self, x: jnp.ndarray, train: bool = False, return_features: bool = False
-    ) -> ModelOutput:
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         del train  # no BatchNorm or dropout
         x = self._inputs(x)
         x = nn.relu(_conv(32, 3, "VALID", "conv1")(x))
         x = nn.relu(_conv(32, 3, "VALID", "conv2")(x))
-        x = _max_pool(x)
-        x = nn.relu(_conv(64, 3, "VALID", "conv3")(x))
+        block1 = _max_pool(x)
+        x = nn.relu(_conv(64, 3, "VALID", "conv3")(block1))
         x = nn.relu(_conv(64, 3, "VALID", "conv4")(x))
-        x = _max_pool(x)
-        x = x.reshape((x.shape[0], -1))
+        block2 = _max_pool(x)
+        x = self._blocks_done(block1, block2)
         x = nn.relu(nn.Dense(200, name="fc1")(x))
         features = nn.relu(nn.Dense(200, name="fc2")(x))
         logits = nn.Dense(self.num_classes, name="fc3")(features)
-        return (logits, features) if return_features else logits
+        self._record("penultimate", features)
+        return logits
 
 
 class MnistFastATNet(_MnistNet):
     """Wong et al. (2020) fast-AT MNIST net (2 strided conv + 2 FC), 166k parameters."""
 
     @nn.compact
-    def __call__(
-        self, x: jnp.ndarray, train: bool = False, return_features: bool = False
-    ) -> ModelOutput:
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         del train  # no BatchNorm or dropout
         x = self._inputs(x)
         pad = ((1, 1), (1, 1))
-        x = nn.relu(nn.Conv(16, (4, 4), strides=2, padding=pad, name="conv1")(x))
-        x = nn.relu(nn.Conv(32, (4, 4), strides=2, padding=pad, name="conv2")(x))
-        x = x.reshape((x.shape[0], -1))
+        block1 = nn.relu(nn.Conv(16, (4, 4), strides=2, padding=pad, name="conv1")(x))
+        block2 = nn.relu(nn.Conv(32, (4, 4), strides=2, padding=pad, name="conv2")(block1))
+        x = self._blocks_done(block1, block2)
         features = nn.relu(nn.Dense(100, name="fc1")(x))
         logits = nn.Dense(self.num_classes, name="fc2")(features)
-        return (logits, features) if return_features else logits
+        self._record("penultimate", features)
+        return logits

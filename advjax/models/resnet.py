@@ -5,26 +5,39 @@
   (stride 2 at the start of stages 2 and 3), global average pooling and a dense layer. Blocks are
   post-activation (conv-BN-ReLU-conv-BN, add, ReLU); the downsampling shortcut is a 1x1 strided
   convolution as in the Keras ``resnet_v1`` used by Pang et al. (2019), the thesis' ADR/ASCL
-  ResNet-20 setting (spec/thesis_ch2_3.md). Features are the 64-dim pooled vector.
+  ResNet-20 setting (spec/thesis_ch2_3.md).
 * :class:`PreActResNet18`: He et al. (2016), "Identity Mappings in Deep Residual Networks", as used
   by Wong et al. (2020), "Fast is better than free" (``preact_resnet.py``): a 3x3 conv stem with 64
   filters, 4 stages of 2 pre-activation blocks (64/128/256/512, stride 2 from stage 2), a final
   BN-ReLU, global average pooling (``avg_pool2d(out, 4)`` on 32x32 inputs) and a dense layer.
-  Features are the 512-dim pooled vector. 11,172,170 parameters for 10 classes.
+  11,172,170 parameters for 10 classes.
 
 Inputs are NHWC float images in [0, 1]; CIFAR-10 normalisation is applied inside the model.
+
+Named features (``feature_names``, read with :func:`advjax.models.forward`), shapes for 32x32
+inputs:
+
+* ResNet20: ``stage1`` [B, 32, 32, 16], ``stage2`` [B, 16, 16, 32], ``stage3`` [B, 8, 8, 64] (the
+  outputs of the three stages of residual blocks), ``last_conv`` [B, 8, 8, 64] (the map that is
+  globally average-pooled; equal to ``stage3``, blocks are post-activation), ``penultimate``
+  [B, 64] (the pooled vector, input of the dense layer).
+* PreActResNet18: ``stage1`` [B, 32, 32, 64], ``stage2`` [B, 16, 16, 128], ``stage3``
+  [B, 8, 8, 256], ``stage4`` [B, 4, 4, 512] (stage outputs, before the final BN-ReLU),
+  ``last_conv`` [B, 4, 4, 512] (after the final BN-ReLU, the map that is pooled), ``penultimate``
+  [B, 512].
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from advjax.models.checks import check_images
+from advjax.models.functional import FEATURE_COLLECTION
 from advjax.models.layers import batch_norm, conv, global_avg_pool
 from advjax.models.normalize import CIFAR10_MEAN, CIFAR10_STD, normalize
-
-ModelOutput = jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]
 
 
 class BasicBlock(nn.Module):
@@ -62,10 +75,12 @@ class ResNet20(nn.Module):
     std: tuple[float, ...] = CIFAR10_STD
     bn_axis_name: str | None = None
 
+    feature_names: ClassVar[tuple[str, ...]] = (
+        "stage1", "stage2", "stage3", "last_conv", "penultimate",
+    )  # fmt: skip
+
     @nn.compact
-    def __call__(
-        self, x: jnp.ndarray, train: bool = False, return_features: bool = False
-    ) -> ModelOutput:
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         check_images(x, channels=3)
         if self.depth < 8 or (self.depth - 2) % 6 != 0:
             raise ValueError(f"ResNet depth must be 6n+2 with n >= 1 (e.g. 20), got {self.depth}")
@@ -79,9 +94,11 @@ class ResNet20(nn.Module):
                 x = BasicBlock(
                     width, strides, self.bn_axis_name, name=f"stage{stage + 1}_block{block + 1}"
                 )(x, train)
+            self.sow(FEATURE_COLLECTION, f"stage{stage + 1}", x)
+        self.sow(FEATURE_COLLECTION, "last_conv", x)
         features = global_avg_pool(x)
-        logits = nn.Dense(self.num_classes, name="fc")(features)
-        return (logits, features) if return_features else logits
+        self.sow(FEATURE_COLLECTION, "penultimate", features)
+        return nn.Dense(self.num_classes, name="fc")(features)
 
 
 class PreActBlock(nn.Module):
@@ -121,10 +138,12 @@ class PreActResNet18(nn.Module):
     std: tuple[float, ...] = CIFAR10_STD
     bn_axis_name: str | None = None
 
+    feature_names: ClassVar[tuple[str, ...]] = (
+        "stage1", "stage2", "stage3", "stage4", "last_conv", "penultimate",
+    )  # fmt: skip
+
     @nn.compact
-    def __call__(
-        self, x: jnp.ndarray, train: bool = False, return_features: bool = False
-    ) -> ModelOutput:
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         check_images(x, channels=3)
         x = normalize(x, self.mean, self.std)
         x = conv(64, 3, 1, name="conv_stem")(x)
@@ -134,7 +153,9 @@ class PreActResNet18(nn.Module):
                 x = PreActBlock(
                     width, strides, self.bn_axis_name, name=f"stage{stage + 1}_block{block + 1}"
                 )(x, train)
+            self.sow(FEATURE_COLLECTION, f"stage{stage + 1}", x)
         x = nn.relu(batch_norm(train, self.bn_axis_name, name="bn_final")(x))
+        self.sow(FEATURE_COLLECTION, "last_conv", x)
         features = global_avg_pool(x)
-        logits = nn.Dense(self.num_classes, name="fc")(features)
-        return (logits, features) if return_features else logits
+        self.sow(FEATURE_COLLECTION, "penultimate", features)
+        return nn.Dense(self.num_classes, name="fc")(features)

@@ -4,23 +4,30 @@ This is the ``WideResNet`` of Zhang et al. (2019, TRADES) used for WRN-34-10 / W
 the thesis (spec/thesis_ch2_3.md) and seeds/003-004: a 3x3 conv stem with 16 filters, 3 groups of
 n = (depth - 4) / 6 pre-activation basic blocks with 16k/32k/64k filters (k = width; stride 2 at the
 start of groups 2 and 3), a final BN-ReLU, global average pooling (``avg_pool2d(out, 8)`` on 32x32
-inputs) and a dense layer. Features are the 64k-dim pooled vector.
+inputs) and a dense layer.
 
 Blocks follow TRADES exactly: when the block keeps its width, the shortcut is the raw input ``x``;
 when it changes width, both the residual branch and the 1x1 strided shortcut convolution read
 ``relu(bn1(x))``. WRN-34-10 has 46,160,474 parameters and WRN-28-10 36,479,194 (10 classes).
+
+Named features (``feature_names``, read with :func:`advjax.models.forward`), shapes for 32x32 inputs
+and width k: ``group1`` [B, 32, 32, 16k], ``group2`` [B, 16, 16, 32k], ``group3`` [B, 8, 8, 64k]
+(the outputs of the three groups of blocks, before the final BN-ReLU), ``last_conv`` [B, 8, 8, 64k]
+(after the final BN-ReLU, the map that is pooled) and ``penultimate`` [B, 64k] (the pooled vector,
+input of the dense layer).
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from advjax.models.checks import check_images
+from advjax.models.functional import FEATURE_COLLECTION
 from advjax.models.layers import batch_norm, conv, global_avg_pool
 from advjax.models.normalize import CIFAR10_MEAN, CIFAR10_STD, normalize
-
-ModelOutput = jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]
 
 
 class WideBasicBlock(nn.Module):
@@ -62,10 +69,12 @@ class WideResNet(nn.Module):
     std: tuple[float, ...] = CIFAR10_STD
     bn_axis_name: str | None = None
 
+    feature_names: ClassVar[tuple[str, ...]] = (
+        "group1", "group2", "group3", "last_conv", "penultimate",
+    )  # fmt: skip
+
     @nn.compact
-    def __call__(
-        self, x: jnp.ndarray, train: bool = False, return_features: bool = False
-    ) -> ModelOutput:
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         check_images(x, channels=3)
         if self.depth < 10 or (self.depth - 4) % 6 != 0:
             raise ValueError(
@@ -85,7 +94,9 @@ class WideResNet(nn.Module):
                     self.bn_axis_name,
                     name=f"group{group + 1}_block{block + 1}",
                 )(x, train)
+            self.sow(FEATURE_COLLECTION, f"group{group + 1}", x)
         x = nn.relu(batch_norm(train, self.bn_axis_name, name="bn_final")(x))
+        self.sow(FEATURE_COLLECTION, "last_conv", x)
         features = global_avg_pool(x)
-        logits = nn.Dense(self.num_classes, bias_init=nn.initializers.zeros, name="fc")(features)
-        return (logits, features) if return_features else logits
+        self.sow(FEATURE_COLLECTION, "penultimate", features)
+        return nn.Dense(self.num_classes, bias_init=nn.initializers.zeros, name="fc")(features)

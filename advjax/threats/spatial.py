@@ -296,7 +296,7 @@ class RotationTranslation:
     pixels per axis (Engstrom et al. 2019; the SRT document's spatial neighbourhood).
 
     Parameters: ``[B, 3]`` = ``(angle_deg, tx, ty)`` (see the module docstring for the direction).
-    Step sizes for ``ascend``: ``(angle_step, translation_step)``.
+    Step sizes for ``ascend``: ``(step_size_angle, step_size_translation)``.
     """
 
     max_angle: float = 30.0
@@ -337,10 +337,8 @@ class RotationTranslation:
         return _linf_contains(params, self.bounds, atol)
 
     def ascend(self, params: jax.Array, grad: jax.Array, step_size: tuple[Any, Any]) -> jax.Array:
-        angle_step, translation_step = step_size
-        steps = jnp.stack(
-            [jnp.asarray(s, params.dtype) for s in (angle_step, translation_step, translation_step)]
-        )
+        angle, translation = (jnp.asarray(s, params.dtype) for s in step_size)
+        steps = jnp.stack([angle, translation, translation])
         return params + steps * jnp.sign(grad)
 
     def grid(self, params: jax.Array, height: int, width: int) -> jax.Array:
@@ -452,23 +450,25 @@ class SpatialParams(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class IntegratedSet:
-    """The integrated spatial set of the Pareto document (Sec. 2): flow ``||w_F||_inf <= eps_f`` and
-    affine increment ``||w_RT||_inf <= eps_rt``, warped by ``T_{w_RT, w_F}(G)``.
+    """The integrated spatial set of the Pareto document (Sec. 2): flow ``||w_F||_inf <= eps_flow``
+    and affine increment ``||w_RT||_inf <= eps_affine``, warped by ``T_{w_RT, w_F}(G)``.
 
     Parameters: ``SpatialParams(flow [B, H, W, 2], affine [B, 6])`` (normalised units).
-    Step sizes for ``ascend``: ``(alpha_f, alpha_rt)``.
+    Step sizes for ``ascend``: ``(step_size_flow, step_size_affine)``.
     """
 
-    eps_f: float
-    eps_rt: float
+    eps_flow: float
+    eps_affine: float
     padding: str = "zeros"
 
     def __post_init__(self):
-        _check_nonnegative(eps_f=self.eps_f, eps_rt=self.eps_rt)
+        _check_nonnegative(eps_flow=self.eps_flow, eps_affine=self.eps_affine)
         check_padding(self.padding)
 
     def scaled(self, factor: Any) -> IntegratedSet:
-        return dataclasses.replace(self, eps_f=self.eps_f * factor, eps_rt=self.eps_rt * factor)
+        return dataclasses.replace(
+            self, eps_flow=self.eps_flow * factor, eps_affine=self.eps_affine * factor
+        )
 
     def identity(self, x: jax.Array) -> SpatialParams:
         return SpatialParams(
@@ -480,8 +480,8 @@ class IntegratedSet:
     ) -> SpatialParams:
         k_flow, k_affine = jax.random.split(key)
         return SpatialParams(
-            _uniform_box(k_flow, (batch, *_require_hw(hw), 2), self.eps_f, jnp.float32),
-            _uniform_box(k_affine, (batch, 6), self.eps_rt, jnp.float32),
+            _uniform_box(k_flow, (batch, *_require_hw(hw), 2), self.eps_flow, jnp.float32),
+            _uniform_box(k_affine, (batch, 6), self.eps_affine, jnp.float32),
         )
 
     def init(self, key: jax.Array, x: jax.Array) -> SpatialParams:
@@ -489,22 +489,22 @@ class IntegratedSet:
 
     def project(self, params: SpatialParams) -> SpatialParams:
         return SpatialParams(
-            jnp.clip(params.flow, -self.eps_f, self.eps_f),
-            jnp.clip(params.affine, -self.eps_rt, self.eps_rt),
+            jnp.clip(params.flow, -self.eps_flow, self.eps_flow),
+            jnp.clip(params.affine, -self.eps_affine, self.eps_affine),
         )
 
     def contains(self, params: SpatialParams, atol: float = 1e-5) -> jax.Array:
-        return _linf_contains(params.flow, self.eps_f, atol) & _linf_contains(
-            params.affine, self.eps_rt, atol
+        return _linf_contains(params.flow, self.eps_flow, atol) & _linf_contains(
+            params.affine, self.eps_affine, atol
         )
 
     def ascend(
         self, params: SpatialParams, grad: SpatialParams, step_size: tuple[Any, Any]
     ) -> SpatialParams:
-        alpha_f, alpha_rt = step_size
+        step_size_flow, step_size_affine = step_size
         return SpatialParams(
-            params.flow + alpha_f * jnp.sign(grad.flow),
-            params.affine + alpha_rt * jnp.sign(grad.affine),
+            params.flow + step_size_flow * jnp.sign(grad.flow),
+            params.affine + step_size_affine * jnp.sign(grad.affine),
         )
 
     def flow_pixels(self, params: SpatialParams) -> jax.Array:

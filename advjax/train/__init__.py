@@ -1,16 +1,10 @@
 """Training: train state, data-parallel steps, optimisers, checkpoints, metrics, the loop."""
 
+from advjax.sharding import make_mesh, replicate, shard_batch
 from advjax.train.checkpoint import Checkpointer, CheckpointError
 from advjax.train.optim import make_optimizer, make_schedule
 from advjax.train.state import TrainState, create_train_state
-from advjax.train.step import (
-    make_mesh,
-    replicate,
-    shard_batch,
-    sharded_eval_step,
-    sharded_train_step,
-    train_step,
-)
+from advjax.train.step import sharded_train_step, train_step
 
 __all__ = [
     "CheckpointError",
@@ -22,7 +16,6 @@ __all__ = [
     "make_schedule",
     "replicate",
     "shard_batch",
-    "sharded_eval_step",
     "sharded_train_step",
     "train_step",
 ]

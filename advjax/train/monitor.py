@@ -18,26 +18,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advjax.defenses.jacobian import jacobian_norm_estimate
 from advjax.models import make_model_fn
 
 
 def jacobian_norm_sq(model_fn: Any, variables: Any, x: jax.Array, key: jax.Array) -> jax.Array:
     """Per-example random-projection estimate of ``||J(x)||_F^2``, ``J = d logits / d x``.
 
-    ``||J||_F^2 = K E_v ||v^T J||^2`` for ``v`` uniform on the unit sphere of ``R^K`` (Hoffman et
-    al. 2019, Sec. 3.2; ATLAS's ``||J(x')||_F^approx``, Eq. 12): one projection per example, one
+    The estimator of the Jacobian penalty (``advjax.defenses.jacobian``; Hoffman et al. 2019,
+    Sec. 3.2; ATLAS's ``||J(x')||_F^approx``, Eq. 12): one projection per example, one
     vector-Jacobian product for the batch. ``key`` is one key, or one key per example (``[B]``).
     Returns ``[B]``.
     """
-    logits, vjp = jax.vjp(lambda z: model_fn(variables, z), x)
-    num_classes = logits.shape[-1]
-    if key.ndim == 0:
-        v = jax.random.normal(key, logits.shape, logits.dtype)
-    else:
-        v = jax.vmap(lambda k: jax.random.normal(k, (num_classes,), logits.dtype))(key)
-    v = v / jnp.linalg.norm(v, axis=-1, keepdims=True)
-    (g,) = vjp(v)
-    return num_classes * jnp.sum(jnp.square(g).reshape(g.shape[0], -1), axis=-1)
+    return jacobian_norm_estimate(lambda z: model_fn(variables, z), x, key)
 
 
 @functools.cache

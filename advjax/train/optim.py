@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
-import jax.numpy as jnp
 import optax
 
-from advjax.train.schedules import Plateau, PlateauState, initial_plateau_state
+from advjax.train.schedules import Plateau
 
 SCHEDULES = ("constant", "piecewise", "cosine", "cyclic")
 OPTIMIZERS = ("sgd", "adam")
@@ -50,25 +47,6 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def scale_by_plateau() -> optax.GradientTransformation:
-    """Multiplies the updates by ``lr_scale`` of its state, a :class:`PlateauState`.
-
-    Last in the chain, this scales the learning rate of SGD (with momentum, weight decay) and Adam
-    alike: both end with ``-learning_rate * direction``. The training loop rewrites the state after
-    each validation (``set_plateau_state``); the update itself leaves it unchanged.
-    """
-
-    def init(params):
-        del params
-        return PlateauState(*(jnp.asarray(v) for v in initial_plateau_state()))
-
-    def update(updates, state, params=None):
-        del params
-        return jax.tree.map(lambda u: u * state.lr_scale.astype(u.dtype), updates), state
-
-    return optax.GradientTransformation(init, update)
-
-
 def plateau_rule(cfg) -> Plateau | None:
     """The ``plateau`` rule of a train config; None when absent, empty or ``enabled=False``."""
     settings = cfg.get("plateau", None)
@@ -77,28 +55,15 @@ def plateau_rule(cfg) -> Plateau | None:
     return Plateau.from_config(settings)
 
 
-def get_plateau_state(opt_state: Any) -> PlateauState | None:
-    """The plateau state inside an optimiser state built with a ``plateau`` rule, else None."""
-    if isinstance(opt_state, tuple) and opt_state and isinstance(opt_state[-1], PlateauState):
-        return opt_state[-1]
-    return None
-
-
-def set_plateau_state(opt_state: Any, plateau: PlateauState) -> Any:
-    """``opt_state`` with its plateau state replaced by ``plateau`` (leaves of the same dtypes and
-    shapes, on the host or placed like the rest of the state: the caller's choice)."""
-    if get_plateau_state(opt_state) is None:
-        raise ValueError("this optimiser state has no plateau state (no train.plateau config)")
-    return (*opt_state[:-1], PlateauState(*plateau))
-
-
 def make_optimizer(
     cfg, steps_per_epoch: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """``optax.chain(add_decayed_weights, sgd|adam)`` with the configured schedule.
 
-    With ``cfg.plateau`` (ATLAS App. B, see ``advjax.train.schedules``), ``scale_by_plateau`` is
-    chained last: the effective learning rate is ``schedule(step) * lr_scale``.
+    With ``cfg.plateau`` (ATLAS App. B, see ``advjax.train.schedules``) the train step multiplies
+    the updates by ``TrainState.schedule_state.lr_scale``: the effective learning rate is
+    ``schedule(step) * lr_scale`` for SGD (with momentum, weight decay) and Adam alike, since both
+    end with ``-learning_rate * direction``.
     """
     schedule = make_schedule(cfg, steps_per_epoch)
     if cfg.optimizer == "sgd":
@@ -113,6 +78,4 @@ def make_optimizer(
         )
     wd = cfg.get("weight_decay", 0.0)
     tx = optax.chain(optax.add_decayed_weights(wd, mask=_decay_mask), base) if wd else base
-    if plateau_rule(cfg) is not None:
-        tx = optax.chain(tx, scale_by_plateau())
     return tx, schedule

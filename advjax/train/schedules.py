@@ -11,7 +11,7 @@ improvement after epoch ``e``, the learning rate is divided by 5 after epochs ``
 e+8``, and training stops after epoch ``e+10``. An improvement (``metric > best + min_delta``)
 resets both counters; the learning rate is never raised again.
 
-The state is a pytree of scalars kept in the optimiser state (``advjax.train.optim``), so it is
+The state is a pytree of scalars kept in ``TrainState.schedule_state``, so it is
 checkpointed with the parameters and a resumed run continues exactly where it stopped.
 """
 

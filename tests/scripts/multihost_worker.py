@@ -29,19 +29,19 @@ def main():
     )
     from advjax import defenses
     from advjax.data import load_dataset, train_batches
+    from advjax.experiment import initial_state
     from advjax.models import get_model
     from advjax.train import make_mesh, replicate, shard_batch, sharded_train_step
     from advjax.train.checkpoint import to_host
-    from advjax.train.loop import initial_state
     from tests.train_configs import tiny_config
 
     assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2
     config = tiny_config("fast_at")
     ds = load_dataset("synthetic", "train", num_examples=256)
     model = get_model("mnist_cnn4")
-    state, tx, schedule = initial_state(config, model, ds.image_shape, steps_per_epoch_=8)
+    state, tx, schedule = initial_state(config, model, ds.image_shape, steps_per_epoch=8)
     mesh = make_mesh()
-    step = sharded_train_step(model, defenses.get_defense(config.defense), tx, schedule, mesh)
+    step = sharded_train_step(model, defenses.build(config.defense), tx, schedule, mesh)
     state = replicate(state, mesh)
     batches = train_batches(ds, 32, seed=0)  # this process's half of each global batch
     for _ in range(3):

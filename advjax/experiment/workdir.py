@@ -1,15 +1,36 @@
-"""Restoring a training workdir for evaluation: its config, its variables, its threat model."""
+"""Workdirs: the config a run was trained with, its checkpoints, and the threat model to evaluate.
+
+A workdir written by ``launch.train`` holds ``config.json``, ``checkpoints/`` (and ``best/``),
+``metrics.jsonl`` and, after ``launch.evaluate``, ``report.json`` / ``report.md``.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 
+import jax
 import ml_collections
+from absl import logging
 
 from advjax.eval import presets
+from advjax.experiment.builders import build_defense, build_model, initial_state
 from advjax.train.checkpoint import Checkpointer
-from advjax.train.loop import build_model, initial_state
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Writes ``config.json`` (process 0 only); warns when it differs from the one there."""
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(workdir, "config.json")
+    text = config.to_json_best_effort(indent=2, sort_keys=True)
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = f.read()
+        if previous != text:
+            logging.warning("config differs from the one in %s; resuming with the new one", path)
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -23,8 +44,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def restore_variables(config, workdir: str, which: str, image_shape):
+    """``(model, variables, {"kind", "step"})`` of checkpoint ``which`` (best, latest or a step;
+    ``best`` falls back to the latest when no validation ran)."""
     model = build_model(config)
-    template, _, _ = initial_state(config, model, image_shape, steps_per_epoch_=1)
+    defense = build_defense(config, model, 1)
+    template, _, _ = initial_state(config, model, image_shape, 1, defense.init_state())
     ckpt = Checkpointer(workdir, metric=config.validation.get("metric", "val_robust_accuracy"))
     if which in ("best", "latest"):
         step = ckpt.best_step() if which == "best" else ckpt.latest_step()
