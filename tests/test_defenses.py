@@ -110,11 +110,11 @@ COMPOSITIONS = ("ave_at", "max_at", "flow_at", "rt_at", "at_plus", "srt_plus")
 
 
 def _short(spec):
-    """The spec with every attack cut to 2 steps (tests: the composition, not the attacks)."""
+    """The spec with every attack cut to 1 step (tests: the composition, not the attacks)."""
     if isinstance(spec, dict):
         out = {k: _short(v) for k, v in spec.items()}
         if "name" in out and "steps" in out:
-            out["steps"] = 2
+            out["steps"] = 1
         return out
     if isinstance(spec, list):
         return [_short(v) for v in spec]

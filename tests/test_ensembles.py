@@ -22,7 +22,6 @@ from advjax.sharding import make_mesh, replicate, shard_batch
 from advjax.train.state import create_train_state
 from advjax.train.step import sharded_train_step
 from configs import mnist
-from tests.train_configs import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 M = 3
@@ -31,7 +30,7 @@ M = 3
 @pytest.fixture(scope="module")
 def ensemble():
     model = Ensemble(get_model("mnist_cnn4"), M)
-    variables = init_variables(model, jax.random.key(0), (28, 28, 1))
+    variables = jax.jit(lambda k: init_variables(model, k, (28, 28, 1)))(jax.random.key(0))
     x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
     return model, variables, x, jnp.arange(4)
 
@@ -61,27 +60,33 @@ def test_vmapped_attack_on_members_equals_a_loop(ensemble):
     vmapped = jax.jit(jax.vmap(pgd, in_axes=(None, 0, None, None, None)), static_argnums=0)(
         member_fn, stacked, x, y, jax.random.key(2)
     )
-    loop = [pgd(member_fn, member(variables, m), x, y, jax.random.key(2)) for m in range(M)]
+    one = jax.jit(pgd, static_argnums=0)
+    loop = [one(member_fn, member(variables, m), x, y, jax.random.key(2)) for m in range(M)]
     np.testing.assert_allclose(vmapped, jnp.stack(loop), atol=1e-6)
     # The ensemble model_fn is a model like any other for attacks.
-    x_adv = pgd(make_model_fn(model), variables, x, y, jax.random.key(2))
+    x_adv = one(make_model_fn(model), variables, x, y, jax.random.key(2))
     assert float(jnp.max(jnp.abs(x_adv - x))) <= 0.3 + 1e-6
 
 
-def _train(model, variables, defense, steps=4):
-    config = tiny_config("fast_at")
+def _trainer(model, defense, steps=4):
+    """``variables -> (final host state, last metrics)``: ``steps`` SGD steps of ``defense`` on
+    synthetic batches, the step compiled once."""
     import optax
 
     tx = optax.sgd(0.05, momentum=0.9)
     mesh = make_mesh(jax.devices()[:1])
     step_fn = sharded_train_step(model, defense, tx, optax.constant_schedule(0.05), mesh)
-    state = create_train_state(variables, tx, jax.random.key(7), defense.init_state())
-    state = replicate(jax.device_get(state), mesh)
     ds = load_dataset("synthetic", "train", num_examples=128)
-    batches = train_batches(ds, 32, seed=config.seed)
-    for _ in range(steps):
-        state, metrics = step_fn(state, shard_batch(next(batches), mesh))
-    return jax.device_get(state), metrics
+
+    def train(variables):
+        state = create_train_state(variables, tx, jax.random.key(7), defense.init_state())
+        state = replicate(jax.device_get(state), mesh)
+        batches = train_batches(ds, 32, seed=0)
+        for _ in range(steps):
+            state, metrics = step_fn(state, shard_batch(next(batches), mesh))
+        return jax.device_get(state), metrics
+
+    return train
 
 
 def test_members_trained_together_equal_separate_runs(ensemble):
@@ -89,10 +94,11 @@ def test_members_trained_together_equal_separate_runs(ensemble):
     fast_at = defenses.pgd_at(attacks.fgsm_rs(0.3))
     together = defenses.for_model(fast_at, model)
     assert isinstance(together, defenses.IndependentMembers)
-    joint, metrics = _train(model, variables, together)
+    joint, metrics = _trainer(model, together)(variables)
     assert np.isfinite(float(metrics["loss"]))
+    train_alone = _trainer(model.member, fast_at)
     for m in range(M):
-        alone, _ = _train(model.member, member(variables, m), fast_at)
+        alone, _ = train_alone(member(variables, m))
         for a, b in zip(
             jax.tree.leaves(member(joint.variables, m)),
             jax.tree.leaves(alone.variables),
