@@ -69,11 +69,3 @@ def masked_mean(values: jax.Array, mask: jax.Array, axis_name: str | None = AXIS
     mask = mask.astype(values.dtype)
     count, devices = global_count(jnp.sum(mask), axis_name)
     return jnp.sum(mask * values) * devices / jnp.maximum(count, 1.0)
-
-
-def pmean_if_mapped(tree: Any, axis_name: str = AXIS) -> Any:
-    """``lax.pmean`` over ``axis_name`` inside a mapped context; ``tree`` unchanged outside."""
-    try:
-        return jax.lax.pmean(tree, axis_name)
-    except NameError:
-        return tree

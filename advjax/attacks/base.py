@@ -75,6 +75,15 @@ def split_keys(key: jax.Array, num: int) -> jax.Array:
     return jax.vmap(lambda k: jax.random.split(k, num), out_axes=1)(key)
 
 
+def per_example_keys(key: jax.Array, batch: int) -> jax.Array:
+    """Per-example keys ``[B]``: as given, or split from one key."""
+    if key.ndim == 1:
+        if key.shape[0] != batch:
+            raise ValueError(f"per-example keys must have shape [{batch}], got {key.shape}")
+        return key
+    return jax.random.split(key, batch)
+
+
 MODEL_KEY = "noise_rng"
 
 

@@ -44,6 +44,7 @@ from advjax.attacks.base import (
     ModelFn,
     check_images,
     is_label_vector,
+    per_example_keys,
 )
 
 TARGET_MODES = ("second", "least", "random", "next")
@@ -61,15 +62,6 @@ def _check_labels(y: Any, attack: str) -> None:
 def _check_count(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or int(value) != value or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-
-
-def _per_example_keys(key: jax.Array, batch: int) -> jax.Array:
-    """Per-example keys ``[B]``: as given, or split from one key."""
-    if key.ndim == 1:
-        if key.shape[0] != batch:
-            raise ValueError(f"per-example keys must have shape [{batch}], got {key.shape}")
-        return key
-    return jax.random.split(key, batch)
 
 
 def _flat(x: jax.Array) -> jax.Array:
@@ -357,7 +349,7 @@ class Pointwise(Attack):
         x = jax.lax.stop_gradient(x)
         shape = x.shape
         n = int(np.prod(shape[1:]))
-        keys = _per_example_keys(key, shape[0])
+        keys = per_example_keys(key, shape[0])
         k_init, k_pass, k_refine = jax.vmap(lambda k: jax.random.split(k, 3), out_axes=1)(keys)
         xf = _flat(x)
 

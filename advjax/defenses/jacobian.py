@@ -17,6 +17,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from advjax.attacks.base import per_example_keys
+
 
 def projection_vectors(
     keys: jax.Array, num_classes: int, num_projections: int = 1, dtype: Any = jnp.float32
@@ -53,15 +55,6 @@ def check_num_projections(num_projections: int) -> None:
         raise ValueError(f"num_projections must be a positive integer, got {num_projections}")
 
 
-def example_keys(key: jax.Array, batch_size: int) -> jax.Array:
-    """``key`` split into one key per example, or ``key`` itself when it already is ``[B]``."""
-    if key.ndim == 0:
-        return jax.random.split(key, batch_size)
-    if key.shape != (batch_size,):
-        raise ValueError(f"expected one key or {batch_size} per-example keys, got {key.shape}")
-    return key
-
-
 def jacobian_norm_estimate(
     logits_fn: Callable[[jax.Array], jax.Array],
     x: jax.Array,
@@ -83,5 +76,5 @@ def jacobian_norm_estimate(
     """
     check_num_projections(num_projections)
     logits, vjp_fn = jax.vjp(logits_fn, x)
-    keys = example_keys(key, logits.shape[0])
+    keys = per_example_keys(key, logits.shape[0])
     return estimate_from_vjp(vjp_fn, logits.shape[-1], keys, int(num_projections), logits.dtype)

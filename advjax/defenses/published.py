@@ -131,17 +131,46 @@ def trades_jac(
     """TradesJac (ATLAS App. D.1):
     ``CE(f(x), y) + alpha ||J(x)||_F^2 + beta KL(p(x) || p(x'))``, ``x'`` maximising the KL
     (``loss=kl_attack_loss(kl_base)``). Defaults: App. D.1 (CIFAR)."""
-    check_nonnegative(alpha=alpha, beta=beta)
     _check_kl_attack(attack, kl_base)
-    terms = [CrossEntropy(CLEAN, name="ce")]
+    return _ce_jacobian_kl(
+        CLEAN,
+        Adversary(attack, target="clean_logits"),
+        alpha,
+        beta,
+        kl_base,
+        eps_warmup_steps,
+        num_projections,
+        monitor_jacobian,
+        scale_weights_with_eps,
+        name,
+    )
+
+
+def _ce_jacobian_kl(
+    point: str,
+    adversary: Adversary,
+    alpha: float,
+    beta: float,
+    kl_base: str,
+    eps_warmup_steps: int,
+    num_projections: int,
+    monitor_jacobian: bool,
+    scale_weights_with_eps: bool,
+    name: str,
+) -> Defense:
+    """``CE(f(u), y) + alpha ||J(u)||_F^2 + beta KL`` with ``u`` the clean input (TRADES,
+    TradesJac) or the adversary (ATLAS); a zero weight drops its term, and ``jac_norm`` monitors
+    ``||J(x')||_F^2``."""
+    check_nonnegative(alpha=alpha, beta=beta)
+    terms = [CrossEntropy(point, name="ce")]
     if alpha:
-        terms.append(JacobianNorm(CLEAN, num_projections, _weight(alpha, scale_weights_with_eps)))
+        terms.append(JacobianNorm(point, num_projections, _weight(alpha, scale_weights_with_eps)))
     if beta:
         terms.append(KLDivergence(base=kl_base, weight=_weight(beta, scale_weights_with_eps)))
     return Defense(
         tuple(terms),
-        (Adversary(attack, target="clean_logits"),),
-        _monitor("adv", num_projections, monitor_jacobian),
+        (adversary,),
+        _monitor(adversary.name, num_projections, monitor_jacobian),
         eps_warmup_steps,
         name=name,
     )
@@ -214,18 +243,17 @@ def atlas(
     During the epsilon warm-up ``alpha`` and ``beta`` are scaled by ``eps_t / eps`` (Sec. 5.3).
     Defaults: one-step CIFAR-10 values (App. B; MNIST: ``alpha = 1e-5``, ``beta = 0.3``).
     """
-    check_nonnegative(alpha=alpha, beta=beta)
-    terms = [CrossEntropy("adv", name="ce")]
-    if alpha:
-        terms.append(JacobianNorm("adv", num_projections, _weight(alpha, scale_weights_with_eps)))
-    if beta:
-        terms.append(KLDivergence(base=kl_base, weight=_weight(beta, scale_weights_with_eps)))
-    return Defense(
-        tuple(terms),
-        (Adversary(attack),),
-        _monitor("adv", num_projections, monitor_jacobian),
+    return _ce_jacobian_kl(
+        "adv",
+        Adversary(attack),
+        alpha,
+        beta,
+        kl_base,
         eps_warmup_steps,
-        name=name,
+        num_projections,
+        monitor_jacobian,
+        scale_weights_with_eps,
+        name,
     )
 
 
