@@ -36,11 +36,13 @@ _ATTACKS = flags.DEFINE_string(
     "rand_adv,grid_adv,flow_pgd,affine_pgd,integrated_spatial",
     "Comma-separated attack names (presets).",
 )
-_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 8, "Images per row (the first test images).")
+_NUM_EXAMPLES = flags.DEFINE_integer(
+    "num_examples", 8, "Images per row (the first test images).", lower_bound=1
+)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "best, latest or a step (default: config).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Override the config's data.data_dir.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output directory (default: --workdir).")
-_SCALE = flags.DEFINE_integer("scale", 3, "Pixel repetition factor of the PNG.")
+_SCALE = flags.DEFINE_integer("scale", 3, "Pixel repetition factor of the PNG.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the attacks' randomness.")
 
 
@@ -128,4 +130,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    console.run(main)

@@ -457,7 +457,7 @@ def test_bad_hyperparameters_and_inputs_give_clear_errors(linear_model, images):
         square(0.1, restarts=0)
     with pytest.raises(ValueError, match=r"p_init must be in \(0, 1\]"):
         square(0.1, p_init=1.5)
-    with pytest.raises(ValueError, match="integer labels"):
+    with pytest.raises(TypeError, match="labels must be integers"):
         square(0.1, steps=1).run(model_fn, variables, x, y.astype(float), jax.random.key(0))
     with pytest.raises(ValueError, match="NCHW"):
         square(0.1).run(model_fn, variables, jnp.zeros((2, 1, 8, 8)), y[:2], jax.random.key(0))

@@ -459,16 +459,38 @@ def test_download_made_up_files_and_checksum_failure(http_dir, tmp_path):
     good_md5 = hashlib.md5(payload).hexdigest()
     out = tmp_path / "out"
     out.mkdir()
-    (out / "good.bin").write_bytes(b"stale")  # wrong checksum: replaced
+    (out / "good.bin").write_bytes(b"stale")  # wrong checksum: replaced, and kept aside
     paths = download("mnist", out, base_url=url.rstrip("/"), checksums={"good.bin": good_md5})
     assert paths == [out / "good.bin"] and (out / "good.bin").read_bytes() == payload
+    stale_md5 = hashlib.md5(b"stale").hexdigest()
+    assert (out / f"good.bin.md5-{stale_md5[:8]}").read_bytes() == b"stale"
     with pytest.raises(ChecksumError, match="bad.bin.*expected 0{32}"):
         download("cifar10", out, base_url=url, checksums={"bad.bin": "0" * 32})
-    assert sorted(f.name for f in out.iterdir()) == ["good.bin"]  # no partial/bad files left
+    # no partial/bad files left
+    assert sorted(f.name for f in out.iterdir()) == ["good.bin", f"good.bin.md5-{stale_md5[:8]}"]
     with pytest.raises(OSError, match="missing.bin"):
         download("cifar10", out, base_url=url, checksums={"missing.bin": "0" * 32})
     with pytest.raises(ValueError, match="downloadable"):
         download("synthetic", out)
+
+
+def test_download_never_removes_a_file_without_a_verified_replacement(http_dir, tmp_path):
+    # Issue 20: a valid file with another checksum (the shared MNIST train images, say) was
+    # deleted before a download that then failed offline.
+    root, url, _ = http_dir
+    out = tmp_path / "data"
+    out.mkdir()
+    mine = os.urandom(1000)
+    (out / "train-images-idx3-ubyte.gz").write_bytes(mine)
+    (root / "train-images-idx3-ubyte.gz").write_bytes(b"upstream changed")  # fails the md5
+    for served, why in ((url, "verified"), ("http://127.0.0.1:9/", "download")):
+        with pytest.raises(OSError, match=r"train-images-idx3-ubyte.gz has md5 .*left as it is"):
+            download(
+                "mnist", out, base_url=served, timeout=5,
+                checksums={"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873"},
+            )  # fmt: skip
+        assert (out / "train-images-idx3-ubyte.gz").read_bytes() == mine, why
+        assert [f.name for f in out.iterdir()] == ["train-images-idx3-ubyte.gz"], why
 
 
 def test_download_defaults_are_canonical():

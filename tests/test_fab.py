@@ -406,5 +406,5 @@ def test_bad_arguments_give_clear_errors():
         fab_t(0.1, beta=0.0)
     with pytest.raises(ValueError, match="at most the number of classes minus one"):
         fab_t(0.1, 1, num_targets=10).run(linear_model_fn, variables, x, y, jax.random.key(0))
-    with pytest.raises(ValueError, match="integer labels"):
+    with pytest.raises(TypeError, match="labels must be integers"):
         fab_t(0.1, 1).run(linear_model_fn, variables, x, y.astype(jnp.float32), jax.random.key(0))

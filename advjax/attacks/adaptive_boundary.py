@@ -34,9 +34,9 @@ from advjax.attacks.base import (
     Attack,
     AttackResult,
     ModelFn,
-    check_images,
     check_nonnegative,
     split_keys,
+    validated,
 )
 from advjax.attacks.minimum_norm import (
     check_int,
@@ -321,10 +321,10 @@ class FAB(Attack):
         (_, best_x, best_n), _ = jax.lax.scan(step, init, None, length=int(self.steps))
         return best_x.reshape(x.shape), best_n
 
+    @validated
     def run(
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
     ) -> AttackResult:
-        check_images(x)
         check_labels(y, x)
         x = jax.lax.stop_gradient(x)
         logits = model_fn(variables, x)

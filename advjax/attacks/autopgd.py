@@ -70,10 +70,10 @@ from advjax.attacks.base import (
     Attack,
     AttackResult,
     ModelFn,
-    check_images,
     check_nonnegative,
     is_label_vector,
     split_keys,
+    validated,
     with_model_key,
 )
 from advjax.attacks.combinators import keep_better, reduce_worst
@@ -490,7 +490,7 @@ class _APGDBase(Attack):
         return 3 if self.loss == "dlr" else 2
 
     def _check_inputs(self, x: jax.Array, y: Any, num_classes: int) -> None:
-        """Labels and number of classes (``check_images(x)`` runs before the model sees ``x``)."""
+        """Labels and number of classes (``@validated`` checked the images and label values)."""
         if not is_label_vector(y) or y.shape[0] != x.shape[0]:
             raise ValueError(
                 f"{type(self).__name__} takes integer labels [B] for the batch of {x.shape[0]}, "
@@ -628,6 +628,7 @@ class APGD(_APGDBase):
     def _loss_fn(self):
         return losses.get_loss(self.loss)
 
+    @validated
     def trace(
         self,
         model_fn: ModelFn,
@@ -642,14 +643,13 @@ class APGD(_APGDBase):
         ``x_init`` replaces the random start (for L1 the first sparsity then comes from it, as in
         the reference's ``x_init`` path); ``key`` then only feeds the model's EoT draws.
         """
-        check_images(x)
         self._check_inputs(x, y, self._num_classes(model_fn, variables, x, key))
         return self._single_run(model_fn, variables, x, y, y, key, x_init)
 
+    @validated
     def run(
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
     ) -> AttackResult:
-        check_images(x)
         x = jax.lax.stop_gradient(x)
         k_clean, k_runs = self._split_clean_key(key)
         clean_logits = self._clean_logits(model_fn, variables, x, k_clean)
@@ -693,6 +693,7 @@ class APGDTargeted(_APGDBase):
             return losses.targeted_dlr
         return lambda logits, yt: -losses.cross_entropy(logits, yt[1])
 
+    @validated
     def trace(
         self,
         model_fn: ModelFn,
@@ -705,17 +706,16 @@ class APGDTargeted(_APGDBase):
     ) -> APGDTrace:
         """One run towards ``target`` (default: the most likely wrong class at ``x``), as
         ``APGD.trace``."""
-        check_images(x)
         self._check_inputs(x, y, self._num_classes(model_fn, variables, x, key))
         if target is None:
             k_clean = self._split_clean_key(key)[0]
             target = apgd_targets(self._clean_logits(model_fn, variables, x, k_clean), 1)[:, 0]
         return self._single_run(model_fn, variables, x, y, (y, target), key, x_init)
 
+    @validated
     def run(
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
     ) -> AttackResult:
-        check_images(x)
         x = jax.lax.stop_gradient(x)
         k_clean, k_runs = self._split_clean_key(key)
         clean_logits = self._clean_logits(model_fn, variables, x, k_clean)

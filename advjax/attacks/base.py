@@ -15,7 +15,9 @@ result for an example independent of the batch (and device shard) it sits in.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -23,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advjax import models
+from advjax import validation
 
 ModelFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -52,17 +54,33 @@ def check_nonnegative(**values: float) -> None:
             raise ValueError(f"{name} must be >= 0, got {value}")
 
 
-def check_images(x: jax.Array) -> None:
-    """The models' static NHWC checks, plus a [0, 1] range check when ``x`` is concrete."""
-    models.check_images(x)
-    if not isinstance(x, jax.core.Tracer):
-        values = np.asarray(x)
-        lo, hi = float(values.min()), float(values.max())
-        if lo < 0.0 or hi > 1.0:
-            raise ValueError(
-                f"images must lie in [0, 1] (normalisation belongs inside the model), "
-                f"got values in [{lo:.4g}, {hi:.4g}]"
-            )
+_ATTACK_DEPTH = contextvars.ContextVar("advjax_attack_depth", default=0)
+
+
+def validated(entry: Callable) -> Callable:
+    """Decorates an attack entry point ``(self, model_fn, variables, x, y, key, ...)``.
+
+    The outermost call checks ``x``, ``y`` and ``key`` with ``advjax.validation.check_batch``
+    (static checks at trace time; value checks at once on concrete arrays, as a host callback
+    under ``jit``) and turns raw ``uint32`` keys into typed keys. Attacks called by other attacks
+    (restarts, AutoAttack's components) are not checked again.
+    """
+
+    @functools.wraps(entry)
+    def checked(self, model_fn, variables, x, y, key, *args, **kwargs):
+        if _ATTACK_DEPTH.get() == 0:
+            num_classes = None
+            if isinstance(y, tuple) or getattr(y, "ndim", None) == 1:
+                num_classes = validation.num_classes_of(model_fn, variables, x)
+            validation.check_batch(x, y, num_classes)
+            key = validation.as_key(key, x.shape[0])
+        token = _ATTACK_DEPTH.set(_ATTACK_DEPTH.get() + 1)
+        try:
+            return entry(self, model_fn, variables, x, y, key, *args, **kwargs)
+        finally:
+            _ATTACK_DEPTH.reset(token)
+
+    return checked
 
 
 def split_keys(key: jax.Array, num: int) -> jax.Array:

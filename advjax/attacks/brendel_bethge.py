@@ -48,7 +48,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from advjax.attacks.base import AttackResult, ModelFn, check_images, check_nonnegative
+from advjax.attacks.base import AttackResult, ModelFn, check_nonnegative, validated
 from advjax.attacks.gradient import pgd
 from advjax.attacks.minimum_norm import (
     MinimumNormAttack,
@@ -203,10 +203,10 @@ class BrendelBethge(MinimumNormAttack):
         )
         return at(hi), found
 
+    @validated
     def run(
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
     ) -> AttackResult:
-        check_images(x)
         check_labels(y, x)
         x = jax.lax.stop_gradient(x)
         x_start, found = self._start(model_fn, variables, x, y, key)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax.attacks import compaction
-from advjax.attacks.base import Attack, AttackResult, better, check_images, split_keys
+from advjax.attacks.base import Attack, AttackResult, better, split_keys, validated
 from advjax.losses import margin
 
 
@@ -58,8 +58,8 @@ class Restarts(Attack):
     def scaled(self, factor: Any) -> Restarts:
         return dataclasses.replace(self, attack=self.attack.scaled(factor))
 
+    @validated
     def run(self, model_fn, variables, x, y, key) -> AttackResult:
-        check_images(x)
         keys = split_keys(key, self.restarts)
         stacked = jax.vmap(lambda k: self.attack.run(model_fn, variables, x, y, k))(keys)
         return reduce_worst(stacked)
@@ -83,8 +83,8 @@ class WorstCase(Attack):
     def scaled(self, factor: Any) -> WorstCase:
         return WorstCase(tuple(a.scaled(factor) for a in self.attacks))
 
+    @validated
     def run(self, model_fn, variables, x, y: Any, key) -> AttackResult:
-        check_images(x)
         keys = split_keys(key, len(self.attacks))
         pairs = zip(self.attacks, keys, strict=True)
         results = [a.run(model_fn, variables, x, y, k) for a, k in pairs]
@@ -133,8 +133,8 @@ class Cascade(Attack):
     def scaled(self, factor: Any) -> Cascade:
         return dataclasses.replace(self, attacks=tuple(a.scaled(factor) for a in self.attacks))
 
+    @validated
     def run(self, model_fn, variables, x, y, key) -> AttackResult:
-        check_images(x)
         keys = split_keys(key, len(self.attacks))
         broken = misclassified(model_fn, variables, x, y)
         x_adv = x
@@ -211,8 +211,8 @@ class Sequence(Attack):
     def scaled(self, factor: Any) -> Sequence:
         return Sequence(tuple(a.scaled(factor) for a in self.attacks))
 
+    @validated
     def run(self, model_fn, variables, x, y, key) -> AttackResult:
-        check_images(x)
         keys = split_keys(key, len(self.attacks))
         result = None
         for attack, k in zip(self.attacks, keys, strict=True):

@@ -24,9 +24,9 @@ from advjax.attacks.base import (
     AttackResult,
     ModelFn,
     better,
-    check_images,
     check_nonnegative,
     success,
+    validated,
 )
 from advjax.threats import LpBall
 from advjax.threats.lp import is_concrete, scaled
@@ -62,8 +62,8 @@ class GradientAttack(Attack):
 
     def __post_init__(self):
         check_nonnegative(step_size=self.step_size, steps=self.steps, momentum=self.momentum)
-        if int(self.steps) != self.steps:
-            raise ValueError(f"steps must be an integer, got {self.steps}")
+        if isinstance(self.steps, bool) or int(self.steps) != self.steps or self.steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {self.steps}")
         losses.get_loss(self.loss)
 
     def scaled(self, factor: Any) -> GradientAttack:
@@ -82,10 +82,10 @@ class GradientAttack(Attack):
 
         return objective
 
+    @validated
     def run(
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
     ) -> AttackResult:
-        check_images(x)
         objective = self._objective(model_fn, variables, y)
         grad_fn = jax.grad(objective, has_aux=True)
         x = jax.lax.stop_gradient(x)
@@ -232,8 +232,8 @@ class RandFGSM(Attack):
     def scaled(self, factor: Any) -> RandFGSM:
         return dataclasses.replace(self, eps=self.eps * factor, step_size=self.step_size * factor)
 
+    @validated
     def run(self, model_fn, variables, x, y, key) -> AttackResult:
-        check_images(x)
         if key.ndim == 1:
             noise = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:]))(key)
         else:

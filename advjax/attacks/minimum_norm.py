@@ -28,9 +28,9 @@ from advjax.attacks.base import (
     Attack,
     AttackResult,
     ModelFn,
-    check_images,
     check_nonnegative,
     is_label_vector,
+    validated,
 )
 from advjax.threats.lp import lp_norm
 
@@ -155,11 +155,11 @@ class CarliniWagnerL2(MinimumNormAttack):
             raise ValueError(f"step_size must be > 0, got {self.step_size}")
         check_eps(self.eps)
 
+    @validated
     def run(
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
     ) -> AttackResult:
         del key  # deterministic
-        check_images(x)
         check_labels(y, x)
         x = jax.lax.stop_gradient(x)
         clean_logits = model_fn(variables, x)
@@ -327,10 +327,10 @@ class DDN(MinimumNormAttack):
             check_int("levels", self.levels, 2)
         check_eps(self.eps)
 
+    @validated
     def run(
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
     ) -> AttackResult:
-        check_images(x)
         check_labels(y, x)
         x = jax.lax.stop_gradient(x)
         sign = 1.0 if self.targeted else -1.0  # minimised objective

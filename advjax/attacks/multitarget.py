@@ -36,10 +36,10 @@ from advjax.attacks.base import (
     Attack,
     AttackResult,
     ModelFn,
-    check_images,
     check_nonnegative,
     is_label_vector,
     split_keys,
+    validated,
 )
 from advjax.attacks.gradient import GradientAttack
 from advjax.threats import LpBall
@@ -174,6 +174,7 @@ class MultiTargeted(Attack):
         attack = _margin_pgd(self.threat, self.step_size, self.steps, loss, self.unroll)
         return combinators.restarts(attack, self.restarts)
 
+    @validated
     def run_per_target(
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: jax.Array, key: jax.Array
     ) -> tuple[jax.Array, AttackResult]:
@@ -182,7 +183,6 @@ class MultiTargeted(Attack):
         Each target's result is already the worst case over its restarts; ``loss`` is the
         targeted margin ``z_t - z_y`` and ``success`` misclassification.
         """
-        check_images(x)
         if not is_label_vector(y):
             raise ValueError(
                 "multi-targeted PGD takes integer labels y of shape [B], got "
@@ -201,6 +201,7 @@ class MultiTargeted(Attack):
             stacked = jax.lax.map(one, (targets, keys), batch_size=self.target_batch_size)
         return targets, stacked
 
+    @validated
     def run(
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
     ) -> AttackResult:

@@ -46,9 +46,9 @@ from advjax.attacks.base import (
     Attack,
     AttackResult,
     ModelFn,
-    check_images,
     check_nonnegative,
     is_label_vector,
+    validated,
 )
 
 
@@ -84,17 +84,18 @@ class RayS(Attack):
     def scaled(self, factor: Any) -> RayS:
         return dataclasses.replace(self, eps=self.eps * factor)
 
+    @validated
     def run(
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
     ) -> AttackResult:
         return self.run_with_queries(model_fn, variables, x, y, key)[0]
 
+    @validated
     def run_with_queries(
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
     ) -> tuple[AttackResult, jax.Array]:
         """``run`` plus the per-example number of model queries spent (int32 ``[B]``)."""
         del key  # RayS is deterministic.
-        check_images(x)
         if not is_label_vector(y):
             raise ValueError(
                 "RayS needs integer labels y of shape [batch] (target labels when targeted), "

@@ -42,9 +42,9 @@ from advjax.attacks.base import (
     Attack,
     AttackResult,
     ModelFn,
-    check_images,
     is_label_vector,
     per_example_keys,
+    validated,
 )
 
 TARGET_MODES = ("second", "least", "random", "next")
@@ -194,10 +194,10 @@ class JSMA(Attack):
         """``floor(gamma * n / 2)``: two features per iteration, at most ``gamma * n`` changed."""
         return int(math.floor(self.gamma * num_features / 2 + 1e-9))
 
+    @validated
     def run(
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
     ) -> AttackResult:
-        check_images(x)
         _check_labels(y, "JSMA")
         x = jax.lax.stop_gradient(x)
         n = int(np.prod(x.shape[1:]))
@@ -331,11 +331,13 @@ class Pointwise(Attack):
 
         return jax.vmap(one)(x, keys)
 
+    @validated
     def run(
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
     ) -> AttackResult:
         return self.run_with_history(model_fn, variables, x, y, key)[0]
 
+    @validated
     def run_with_history(
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
     ) -> tuple[AttackResult, jax.Array]:
@@ -344,7 +346,6 @@ class Pointwise(Attack):
         The history is ``[steps + 1, B]`` int32 (rows past the last pass run repeat the
         final value; 0 for examples without an adversarial start).
         """
-        check_images(x)
         _check_labels(y, "the point-wise attack")
         x = jax.lax.stop_gradient(x)
         shape = x.shape

@@ -56,10 +56,10 @@ from advjax.attacks.base import (
     AttackResult,
     ModelFn,
     better,
-    check_images,
     check_nonnegative,
     split_keys,
     success,
+    validated,
 )
 from advjax.attacks.gradient import madry_step_size
 from advjax.threats.spatial import (
@@ -144,11 +144,13 @@ def _evaluate(model_fn: ModelFn, variables: Any, x_adv: jax.Array, y: Any, loss:
 class SpatialAttack(Attack):
     """Base class: ``run_params`` returns ``(params, AttackResult)``; ``run`` the result only."""
 
+    @validated
     def run_params(
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
     ) -> tuple[Any, AttackResult]:
         raise NotImplementedError
 
+    @validated
     def run(
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
     ) -> AttackResult:
@@ -221,8 +223,8 @@ class GridSearch(SpatialAttack):
         """``[N, 3]`` grid of ``(angle_deg, tx, ty)``."""
         return jnp.asarray(self.unit_grid()) * self.threat.bounds
 
+    @validated
     def run_params(self, model_fn, variables, x, y, key) -> tuple[jax.Array, AttackResult]:
-        check_images(x)
         _check_labels(y)
         x = jax.lax.stop_gradient(x)
         grid = self.grid()
@@ -314,8 +316,8 @@ class RandomSearch(SpatialAttack):
         """One uniformly random transform per example, ``[B, 3]``."""
         return _mask_mode(self.threat.init(key, x), self.mode)
 
+    @validated
     def run_params(self, model_fn, variables, x, y, key) -> tuple[jax.Array, AttackResult]:
-        check_images(x)
         _check_labels(y)
         x = jax.lax.stop_gradient(x)
         draws = jax.vmap(lambda k: self.draw(k, x))(draw_keys(key, self.steps))  # [k, B, 3]
@@ -389,8 +391,8 @@ class SpatialPGD(SpatialAttack):
             step = self.step_size * factor
         return dataclasses.replace(self, threat=self.threat.scaled(factor), step_size=step)
 
+    @validated
     def run_params(self, model_fn, variables, x, y, key) -> tuple[Any, AttackResult]:
-        check_images(x)
         _check_labels(y)
         x = jax.lax.stop_gradient(x)
         loss_fn = losses.get_loss(self.loss)

@@ -59,10 +59,10 @@ from advjax.attacks.base import (
     AttackResult,
     ModelFn,
     better,
-    check_images,
     check_nonnegative,
     is_label_vector,
     success,
+    validated,
 )
 
 SQUARE_NORMS = ("linf", "l2")
@@ -242,11 +242,13 @@ class Square(Attack):
     def scaled(self, factor: Any) -> Square:
         return dataclasses.replace(self, eps=self.eps * factor)
 
+    @validated
     def run(
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
     ) -> AttackResult:
         return self.run_with_queries(model_fn, variables, x, y, key)[0]
 
+    @validated
     def run_with_queries(
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
     ) -> tuple[AttackResult, jax.Array]:
@@ -255,7 +257,6 @@ class Square(Attack):
         The clean prediction check is not counted (as in the reference); each restart that an
         example takes part in costs one query for its start plus one per iteration until broken.
         """
-        check_images(x)
         if not is_label_vector(y):
             raise ValueError(
                 "the square attack needs integer labels y of shape [batch] (target labels when "

@@ -23,7 +23,7 @@ from typing import Any
 import jax
 
 from advjax import losses
-from advjax.attacks.base import Attack, AttackResult, ModelFn, check_images, success
+from advjax.attacks.base import Attack, AttackResult, ModelFn, success, validated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,10 +58,10 @@ class Transfer(Attack):
     def scaled(self, factor: Any) -> Transfer:
         return dataclasses.replace(self, attack=self.attack.scaled(factor))
 
+    @validated
     def run(
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
     ) -> AttackResult:
-        check_images(x)
         if not (isinstance(variables, tuple | list) and len(variables) == 2):
             raise TypeError(
                 "a transfer attack takes variables=(target_variables, surrogate_variables), "

@@ -44,7 +44,7 @@ _CHUNK = 1 << 20
 
 
 class ChecksumError(OSError):
-    """A downloaded file's md5 does not match the expected one (the file was removed)."""
+    """A downloaded file's md5 does not match the expected one (the download was discarded)."""
 
 
 def md5sum(path: str | os.PathLike) -> str:
@@ -108,13 +108,38 @@ def download(
     paths = []
     for filename, md5 in sums.items():
         target = directory / filename
-        if target.is_file() and md5sum(target) == md5:
+        md5 = md5.lower()
+        if not target.exists():
+            log.info("Downloading %s%s -> %s", base, filename, target)
+            _fetch(base + filename, target, md5, timeout)
+        elif (found := md5sum(target)) == md5:
             log.info("%s already present with the right checksum; skipping.", target)
         else:
-            if target.exists():
-                log.warning("%s has the wrong checksum; removing and downloading again.", target)
-                target.unlink()
-            log.info("Downloading %s%s -> %s", base, filename, target)
-            _fetch(base + filename, target, md5.lower(), timeout)
+            _replace_mismatching(base + filename, target, found, md5, timeout)
         paths.append(target)
     return paths
+
+
+def _replace_mismatching(url: str, target: Path, found: str, md5: str, timeout: float) -> None:
+    """A file is there with another checksum: it is kept, under a new name, only once a verified
+    replacement is in place; if the download fails it stays where it is, untouched."""
+    kept = target.with_name(f"{target.name}.md5-{found[:8]}")
+    log.warning(
+        "%s has md5 %s, expected %s; downloading a verified copy (yours will be kept as %s).",
+        target,
+        found,
+        md5,
+        kept.name,
+    )
+    staged = target.with_name(f".{target.name}.verified")
+    try:
+        _fetch(url, staged, md5, timeout)
+    except OSError as err:
+        raise type(err)(
+            f"{target} has md5 {found}, not the expected {md5}, and no verified replacement "
+            f"could be downloaded, so it was left as it is. {err} If your copy is right for you, "
+            "pass checksums={...} with its md5 (or use the folder as it is with load_dataset)."
+        ) from err
+    os.replace(target, kept)
+    os.replace(staged, target)
+    log.warning("%s replaced by the verified download; your previous file is %s.", target, kept)

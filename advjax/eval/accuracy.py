@@ -13,12 +13,13 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from advjax import attacks
+from advjax import attacks, validation
 from advjax.data import Dataset, eval_batches, num_eval_batches
 from advjax.models import make_model_fn
 from advjax.sharding import AXIS, example_keys, make_mesh, replicate, shard_batch
 
 
+@validation.value_checks(False)  # the Dataset checked its images and labels
 def eval_step(
     variables: Any,
     batch: dict[str, jax.Array],

@@ -32,6 +32,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+from advjax import validation
 from advjax.data import Dataset, eval_batches, num_eval_batches
 from advjax.eval.presets import Entry, ThreatSettings, resolve
 from advjax.sharding import AXIS, make_mesh, replicate, shard_batch
@@ -81,6 +82,7 @@ def _norms(delta: jax.Array) -> dict[str, jax.Array]:
     }
 
 
+@validation.value_checks(False)  # the Dataset checked its images and labels
 def _entry_outcome(
     variables: Any,
     batch: dict[str, jax.Array],
@@ -168,6 +170,23 @@ class _State:
         os.replace(tmp, self.path)
 
 
+def _check_inputs(model_fn, variables, dataset: Dataset, batch_size: int) -> None:
+    """Once, on concrete arrays: the steps run without traced value checks
+    (``advjax.validation``). The ``Dataset`` has checked its images and labels."""
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {dataset.name!r} is empty: there is nothing to evaluate")
+    first = jnp.asarray(dataset.images[:1], jnp.float32) / 255.0
+    validation.check_batch(first, jnp.asarray(dataset.labels[:1]))
+    outputs = validation.num_classes_of(model_fn, variables, first)
+    if outputs is not None and outputs < dataset.num_classes:
+        raise ValueError(
+            f"the model has {outputs} outputs but dataset {dataset.name!r} has "
+            f"{dataset.num_classes} classes"
+        )
+
+
 def evaluate_suite(
     model_fn,
     variables: Any,
@@ -193,6 +212,7 @@ def evaluate_suite(
       stop_after_batches: stop after this many newly evaluated batches (to test resumption).
     """
     settings = settings or ThreatSettings()
+    _check_inputs(model_fn, variables, dataset, batch_size)
     key = jax.random.key(0) if key is None else key
     mesh = make_mesh() if mesh is None else mesh
     entries = [a if isinstance(a, Entry) else resolve(a, settings) for a in attacks]

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from advjax.eval import checks, report, suite
+from advjax.data.dataset import get_spec
+from advjax.eval import checks, presets, report, suite
 from advjax.experiment.builders import load_split
 from advjax.experiment.workdir import load_config, restore_variables, threat_settings
 from advjax.models import make_model_fn
@@ -40,6 +41,11 @@ def evaluate_workdir(
     ``evaluate.checkpoint``) and returns the report. The arguments override the config's
     ``evaluate`` section: ``num_examples`` (the first N test images), ``suite_names``
     (comma-separated), ``eps`` (a number or an exact fraction such as ``8/255``) and ``norm``."""
+    if num_examples is not None and (isinstance(num_examples, bool) or num_examples < 1):
+        raise ValueError(
+            f"num_examples must be a positive number of test images, got {num_examples}; leave it "
+            "out to evaluate the whole test set"
+        )
     config = load_config(workdir)
     ec = config.evaluate
     with ec.unlocked():
@@ -47,16 +53,22 @@ def evaluate_workdir(
             ec.eps = str(eps)
         if norm is not None:
             ec.norm = norm
+    which = _checkpoint_name(checkpoint or ec.get("checkpoint", "best"))
+    # Everything the command line chose is checked before the data and the checkpoint are read.
+    settings = threat_settings(ec, get_spec(config.data.name).num_classes)
+    names = [a.strip() for a in (suite_names or ec.suite).split(",") if a.strip()]
+    if not names:
+        raise ValueError(f"the suite is empty ({suite_names or ec.suite!r}); name some attacks")
+    entries = [presets.resolve(name, settings) for name in names]
+    batch_size = int(ec.get("batch_size", 500))
+    if batch_size < 1:
+        raise ValueError(f"evaluate.batch_size must be >= 1, got {batch_size}")
     test = load_split(config, "test", data_dir)
     n = num_examples if num_examples is not None else ec.get("num_examples", 0)
     if n:
         test = test.take(np.arange(min(n, len(test))))
-    model, variables, ckpt_info = restore_variables(
-        config, workdir, checkpoint or ec.get("checkpoint", "best"), test.image_shape
-    )
+    model, variables, ckpt_info = restore_variables(config, workdir, which, test.image_shape)
     model_fn = make_model_fn(model)
-    settings = threat_settings(ec, test.num_classes)
-    names = [a.strip() for a in (suite_names or ec.suite).split(",") if a.strip()]
     out = output or workdir
     seed = config.seed + 2
     fingerprint = f"{names}{settings}{ckpt_info}{len(test)}{seed}"
@@ -70,9 +82,9 @@ def evaluate_workdir(
         model_fn,
         variables,
         test,
-        names,
+        entries,
         settings=settings,
-        batch_size=ec.get("batch_size", 500),
+        batch_size=batch_size,
         key=jax.random.key(seed),
         state_path=state_path,
         progress=progress,
@@ -112,3 +124,11 @@ def evaluate_workdir(
         with open(os.path.join(out, "report.md"), "w") as f:
             f.write(report.markdown_table(rep))
     return rep
+
+
+def _checkpoint_name(which: str) -> str:
+    """``best``, ``latest`` or a step number."""
+    text = str(which).strip()
+    if text in ("best", "latest") or (text.isdigit()):
+        return text
+    raise ValueError(f"checkpoint must be 'best', 'latest' or a step number, got {which!r}")

@@ -16,12 +16,14 @@ import optax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from advjax import validation
 from advjax.data import pad_crop_flip
 from advjax.defenses import Defense
 from advjax.sharding import AXIS, example_keys
 from advjax.train.state import TrainState
 
 
+@validation.value_checks(False)  # the Dataset checked its images and labels
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
