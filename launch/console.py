@@ -37,9 +37,17 @@ def configure() -> None:
     else:
         level = logging.WARNING
     logging.set_verbosity(level)
-    py_logging.getLogger().setLevel(
-        py_logging.INFO if level == logging.INFO else py_logging.WARNING
-    )
+    root = py_logging.getLogger()
+    root.setLevel(py_logging.INFO if level == logging.INFO else py_logging.WARNING)
+    if level != logging.INFO:
+        for handler in {*root.handlers, logging.get_absl_handler()}:
+            handler.addFilter(_without_orbax_logs)
+
+
+def _without_orbax_logs(record: py_logging.LogRecord) -> bool:
+    """Orbax logs its internal failures (a checkpoint that cannot be parsed, a failed write) at
+    ERROR level; advjax reports each as a one-line ``CheckpointError`` or warning instead."""
+    return "/orbax/" not in record.pathname.replace("\\", "/")
 
 
 def describe(err: BaseException) -> str:
@@ -77,7 +85,8 @@ def _config_typo(err: BaseException) -> str | None:
 def _exit(message: str, status: int, verbose: bool) -> None:
     if verbose:
         traceback.print_exc()
-    print(textwrap.fill(f"error: {message}", width=100), file=sys.stderr)
+    text = f"error: {message}"
+    print(textwrap.fill(text, 100, break_long_words=False, break_on_hyphens=False), file=sys.stderr)
     if not verbose:
         print("(run again with --verbose for the traceback)", file=sys.stderr)
     sys.stdout.flush()

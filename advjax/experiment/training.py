@@ -86,9 +86,10 @@ def train_and_evaluate(
     distributed.maybe_initialize(config.get("distributed", {}))
     os.makedirs(workdir, exist_ok=True)
     write_config(config, workdir)
+    tc, vc = config.train, config.validation
+    checkpoints = _Checkpoints(workdir, tc, vc)  # fails here when they cannot be written
     train_ds, val_ds = load_splits(config)
     model = build_model(config)
-    tc, vc = config.train, config.validation
     spe = steps_per_epoch(len(train_ds), tc.batch_size)
     total_steps = int(tc.epochs * spe)
     defense = build_defense(config, model, spe, train_ds)
@@ -96,7 +97,6 @@ def train_and_evaluate(
     state, tx, lr_schedule = initial_state(
         config, model, train_ds.image_shape, spe, defense.init_state()
     )
-    checkpoints = _Checkpoints(workdir, tc, vc)
     state = checkpoints.restore(state)
     start = int(state.step)
 
@@ -306,32 +306,62 @@ class _PlateauSchedule:
 
 class _Checkpoints:
     """Orbax checkpoints at every epoch end (with the validation metrics, for the best one),
-    every ``train.checkpoint_every_steps`` steps and at the end; restores the latest."""
+    every ``train.checkpoint_every_steps`` steps and at the end; restores the latest.
+
+    Fails at the start when the checkpoint directories cannot be written. On restore, a corrupt
+    latest checkpoint is moved aside and training resumes from the newest intact one, and a
+    corrupt best checkpoint is rewritten (or moved aside): see ``advjax.train.checkpoint``."""
 
     def __init__(self, workdir: str, tc, vc):
+        self.workdir = workdir
         self.ckpt = Checkpointer(
             workdir,
             keep=tc.get("keep_checkpoints", 2),
             metric=vc.get("metric", "val_robust_accuracy"),
+            create=True,
         )
         self.every = tc.get("checkpoint_every_steps", 0)
+        self._closing_on_error(self.ckpt.check_writable)
+
+    def _closing_on_error(self, fn, *args):
+        """``fn(*args)``; closes the checkpoint managers when it raises (training then ends)."""
+        try:
+            return fn(*args)
+        except BaseException:
+            self.ckpt.close()
+            raise
 
     def restore(self, state: TrainState) -> TrainState:
-        if self.ckpt.latest_step() is None:
-            return state
-        state = self.ckpt.restore(state)
-        logging.info("resumed from %s at step %d", self.ckpt.latest.directory, int(state.step))
+        return self._closing_on_error(self._restore, state)
+
+    def _restore(self, state: TrainState) -> TrainState:
+        if self.ckpt.latest_step() is not None:
+            step, state = self.ckpt.load(state, repair=True)
+            logging.info("resumed from %s at step %d", self.ckpt.latest_dir, step)
+        self.ckpt.check_best(state, self._logged_metrics)
         return state
+
+    def _logged_metrics(self, step: int) -> dict[str, float] | None:
+        """The validation metrics logged at ``step`` (to rewrite a corrupt best checkpoint)."""
+        try:
+            records = read_metrics(self.workdir)
+        except (OSError, ValueError):
+            return None
+        found = None
+        for record in records:
+            if record.get("step") == step and any(k in record for k in VALIDATION_METRICS):
+                found = {k: record[k] for k in VALIDATION_METRICS if k in record}
+        return found
 
     def due(self, step: int) -> bool:
         return bool(self.every) and step % self.every == 0
 
     def save(self, step: int, state: TrainState, metrics: dict | None = None) -> None:
-        self.ckpt.save(step, state, metrics)
+        self._closing_on_error(self.ckpt.save, step, state, metrics)
 
     def finish(self, final: TrainState, save: bool) -> None:
         if save:
-            self.ckpt.save(int(final.step), final)
+            self.save(int(final.step), final)
         self.ckpt.wait()
         self.ckpt.close()
 

@@ -45,19 +45,26 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 def restore_variables(config, workdir: str, which: str, image_shape):
     """``(model, variables, {"kind", "step"})`` of checkpoint ``which`` (best, latest or a step;
-    ``best`` falls back to the latest when no validation ran)."""
+    ``best`` falls back to the latest when no validation ran, ``latest`` to the newest intact
+    step when newer ones are corrupt). Writes nothing: a read-only workdir can be evaluated.
+    Raises ``CheckpointError`` (one line: which checkpoint, why, what to do)."""
     model = build_model(config)
     defense = build_defense(config, model, 1)
     template, _, _ = initial_state(config, model, image_shape, 1, defense.init_state())
     ckpt = Checkpointer(workdir, metric=config.validation.get("metric", "val_robust_accuracy"))
-    if which in ("best", "latest"):
-        step = ckpt.best_step() if which == "best" else ckpt.latest_step()
-        if step is None and which == "best":  # no validation ran: fall back to the latest
-            which, step = "latest", ckpt.latest_step()
-    else:
-        step, which = int(which), "latest"
-    state = ckpt.restore(template, which=which, step=step)
-    ckpt.close()
+    try:
+        step = None
+        if which == "best":
+            step = ckpt.best_step()
+            if step is None:  # no validation ran: fall back to the latest
+                which = "latest"
+        elif which != "latest":
+            if not str(which).isdigit():
+                raise ValueError(f"unknown checkpoint {which!r}; valid: best, latest or a step")
+            step, which = int(which), "latest"
+        step, state = ckpt.load(template, which=which, step=step)
+    finally:
+        ckpt.close()
     return model, state.variables, {"kind": which, "step": int(step)}
 
 
