@@ -39,6 +39,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
+from advjax.models.canonicalize import canonicalize
 from advjax.models.checks import check_images
 from advjax.models.ensemble import Ensemble, ensemble_variables, member, member_variables
 from advjax.models.functional import (
@@ -79,6 +80,7 @@ def get_model(name: str, **kwargs) -> nn.Module:
 
 
 __all__ = [
+    "canonicalize",
     "Ensemble",
     "ensemble_variables",
     "member",

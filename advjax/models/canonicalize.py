@@ -1,0 +1,192 @@
+"""Fast convolutions for any model on CPU: a rewrite of the traced computation (issue 21).
+
+XLA:CPU runs a convolution on its fast path only in the canonical NHWC/HWIO form, and rewrites
+other forms into it only in the entry computation: the input gradient JAX emits (kernel in ``01oi``
+order; for a strided convolution, a base-dilated one) stays a naive loop nest inside a ``while``
+body or a ``switch`` branch, which is where attacks spend their time (``canonical_conv``;
+``results/benchmark_pgd.md``). The zoo's MNIST CNNs avoid this by building their layers on
+``canonical_conv``; a user's model does not.
+
+``canonicalize(fn)`` returns a function with the same values and derivatives as ``fn`` in which
+every ``conv_general_dilated`` of ``fn``'s trace (Flax linen or nnx, Haiku-style functions, raw
+``lax`` calls; also inside nested ``jit``) is computed in NHWC/HWIO with a custom VJP whose input
+gradient is a stride-1, undilated correlation of the (stride-dilated, padded) cotangent with the
+flipped, I/O-swapped kernel: canonical wherever it runs. Strides, kernel dilation and any layout
+(NCHW/OIHW included) are covered; grouped and depthwise convolutions, base (input) dilation,
+``batch_group_count`` and non-2-D convolutions fall through unchanged, as do convolutions inside
+other higher-order primitives (``scan``, ``cond``, ``remat``, ``custom_jvp``/``custom_vjp``
+rules: the zoo's layers are already canonical). Reverse mode of any order works; forward mode
+(``jax.jvp``) through a rewritten convolution does not (a ``custom_vjp`` limitation).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend import core as jcore
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+_INLINED = ("pjit", "jit", "closed_call", "core_call")
+
+
+def canonicalize(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with its 2-D convolutions in the canonical form (see the module docstring)."""
+
+    @functools.wraps(fn)
+    def canonical(*args):
+        flat, in_tree = jax.tree.flatten(args)
+        closed, out_shape = jax.make_jaxpr(
+            lambda *leaves: fn(*jax.tree.unflatten(in_tree, leaves)), return_shape=True
+        )(*flat)
+        out = _evaluate(closed.jaxpr, closed.consts, flat)
+        return jax.tree.unflatten(jax.tree.structure(out_shape), out)
+
+    return canonical
+
+
+def _evaluate(jaxpr: jcore.Jaxpr, consts: list[Any], args: list[Any]) -> list[Any]:
+    env: dict[Any, Any] = {}
+
+    def read(var):
+        return var.val if isinstance(var, jcore.Literal) else env[var]
+
+    def write(var, value):
+        if not isinstance(var, jcore.DropVar):
+            env[var] = value
+
+    for var, value in zip(jaxpr.constvars, consts, strict=True):
+        write(var, value)
+    for var, value in zip(jaxpr.invars, args, strict=True):
+        write(var, value)
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        name = eqn.primitive.name
+        if name == "conv_general_dilated":
+            outvals = [conv_from_params(*invals, **eqn.params)]
+        elif name in _INLINED and ("jaxpr" in eqn.params or "call_jaxpr" in eqn.params):
+            sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+            if isinstance(sub, jcore.ClosedJaxpr):
+                outvals = _evaluate(sub.jaxpr, sub.consts, invals)
+            else:
+                outvals = _evaluate(sub, [], invals)
+        else:
+            with eqn.ctx.manager:
+                outvals = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
+            if not eqn.primitive.multiple_results:
+                outvals = [outvals]
+        for var, value in zip(eqn.outvars, outvals, strict=True):
+            write(var, value)
+    return [read(v) for v in jaxpr.outvars]
+
+
+def conv_from_params(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    *,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    batch_group_count,
+    precision,
+    preferred_element_type,
+    **other: Any,
+) -> jax.Array:
+    """A ``conv_general_dilated`` equation's value, canonical where it applies."""
+    original = functools.partial(
+        jax.lax.conv_general_dilated_p.bind,
+        **other,
+        window_strides=window_strides,
+        padding=padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    if (
+        lhs.ndim != 4
+        or feature_group_count != 1
+        or batch_group_count != 1
+        or preferred_element_type is not None
+        or any(value is not None for value in other.values())
+        or any(d != 1 for d in (lhs_dilation or (1, 1)))
+    ):
+        return original(lhs, rhs)
+    lhs_spec, rhs_spec, out_spec = dimension_numbers
+    x = jnp.transpose(lhs, (lhs_spec[0], lhs_spec[2], lhs_spec[3], lhs_spec[1]))
+    w = jnp.transpose(rhs, (rhs_spec[2], rhs_spec[3], rhs_spec[1], rhs_spec[0]))
+    config = (
+        tuple(int(s) for s in window_strides),
+        tuple((int(lo), int(hi)) for lo, hi in padding),
+        tuple(int(d) for d in (rhs_dilation or (1, 1))),
+        precision,
+    )
+    y = _canonical_conv(x, w, config)
+    to_out = (
+        out_spec[0],
+        out_spec[2],
+        out_spec[3],
+        out_spec[1],
+    )  # NHWC axis i is out axis to_out[i]
+    return jnp.transpose(y, np.argsort(to_out))
+
+
+def _forward(x: jax.Array, w: jax.Array, config) -> jax.Array:
+    strides, pads, dilation, precision = config
+    return jax.lax.conv_general_dilated(
+        x, w, strides, pads, rhs_dilation=dilation, dimension_numbers=_NHWC, precision=precision
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _canonical_conv(x: jax.Array, w: jax.Array, config) -> jax.Array:
+    return _forward(x, w, config)
+
+
+def _fwd(x, w, config):
+    return _forward(x, w, config), (x, w)
+
+
+def _bwd(config, res, g):
+    x, w = res
+    strides, pads, dilation, precision = config
+    # The kernel as applied: spatially dilated (zeros between taps), flipped, in/out swapped.
+    kh, kw = w.shape[:2]
+    dh, dw_ = dilation
+    applied = jax.lax.pad(
+        w, jnp.zeros((), w.dtype), ((0, 0, dh - 1), (0, 0, dw_ - 1), (0, 0, 0), (0, 0, 0))
+    )
+    k_h, k_w = (kh - 1) * dh + 1, (kw - 1) * dw_ + 1
+    flipped = jnp.flip(applied, (0, 1)).transpose(0, 1, 3, 2)
+    # d/dx of a strided correlation: the cotangent spread back to stride 1 (interior zeros), padded
+    # by K - 1 - lo before and H + lo - 1 - (O - 1) s after, correlated with the flipped kernel.
+    (lo_h, _), (lo_w, _) = pads
+    (s_h, s_w), (h, w_in), (o_h, o_w) = strides, x.shape[1:3], g.shape[1:3]
+    spread = jax.lax.pad(
+        g,
+        jnp.zeros((), g.dtype),
+        (
+            (0, 0, 0),
+            (k_h - 1 - lo_h, h + lo_h - 1 - (o_h - 1) * s_h, s_h - 1),
+            (k_w - 1 - lo_w, w_in + lo_w - 1 - (o_w - 1) * s_w, s_w - 1),
+            (0, 0, 0),
+        ),
+    )
+    dx = jax.lax.conv_general_dilated(
+        spread, flipped, (1, 1), "VALID", dimension_numbers=_NHWC, precision=precision
+    )
+    dw = jax.vjp(lambda k: _forward(x, k, config), w)[1](g)[0]
+    return dx, dw
+
+
+_canonical_conv.defvjp(_fwd, _bwd)
