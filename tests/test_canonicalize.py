@@ -17,8 +17,10 @@ class ConvVariants(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = nn.relu(nn.Conv(4, (3, 3))(x))  # stride 1, SAME
+        x = nn.max_pool(x, (2, 2), (2, 2))  # reshape + max, odd sizes cropped
         x = nn.relu(nn.Conv(4, (3, 3), strides=2, padding="SAME")(x))  # strided
-        x = nn.relu(nn.Conv(4, (3, 3), kernel_dilation=2, padding="VALID")(x))  # dilated
+        x = nn.relu(nn.Conv(4, (3, 3), kernel_dilation=2, padding="SAME")(x))  # dilated
+        x = nn.max_pool(x, (3, 3), (1, 1), padding="SAME")  # overlapping: falls through
         x = nn.relu(nn.Conv(4, (5, 5), strides=(2, 3), padding=((1, 2), (1, 2)))(x))  # uneven
         x = nn.Conv(4, (3, 3), feature_group_count=2)(x)  # grouped: falls through
         x = nn.Conv(4, (3, 3), feature_group_count=4)(x)  # depthwise: falls through
@@ -80,10 +82,11 @@ def test_rewritten_input_gradient_is_canonical_and_compiles_once():
     fast = canonicalize(fn)
     text = str(jax.make_jaxpr(jax.grad(_loss(fast), argnums=1))(variables, X))
     # Every rewritten input gradient is a stride-1, base-undilated NHWC/HWIO correlation.
-    assert "lhs_dilation=(2, 2)" in str(
-        jax.make_jaxpr(jax.grad(_loss(fn), argnums=1))(variables, X)
-    )
+    plain = str(jax.make_jaxpr(jax.grad(_loss(fn), argnums=1))(variables, X))
+    assert "lhs_dilation=(2, 2)" in plain
     assert "lhs_dilation=(2, 2)" not in text and "lhs_dilation=(2, 3)" not in text
+    # Non-overlapping max pooling loses its select-and-scatter gradient; overlapping keeps it.
+    assert plain.count("select_and_scatter_add") == 2 and text.count("select_and_scatter_add") == 1
 
     @jax.jit
     @chex.assert_max_traces(n=1)

@@ -11,7 +11,9 @@ body or a ``switch`` branch, which is where attacks spend their time (``canonica
 every ``conv_general_dilated`` of ``fn``'s trace (Flax linen or nnx, Haiku-style functions, raw
 ``lax`` calls; also inside nested ``jit``) is computed in NHWC/HWIO with a custom VJP whose input
 gradient is a stride-1, undilated correlation of the (stride-dilated, padded) cotangent with the
-flipped, I/O-swapped kernel: canonical wherever it runs. Strides, kernel dilation and any layout
+flipped, I/O-swapped kernel: canonical wherever it runs; non-overlapping 2-D max pooling (Flax's
+``nn.max_pool`` with window = stride) becomes reshape + max with select-and-scatter's gradient
+(``max_pool_from_params``). Strides, kernel dilation and any layout
 (NCHW/OIHW included) are covered; grouped and depthwise convolutions, base (input) dilation,
 ``batch_group_count`` and non-2-D convolutions fall through unchanged, as do convolutions inside
 other higher-order primitives (``scan``, ``cond``, ``remat``, ``custom_jvp``/``custom_vjp``
@@ -68,6 +70,8 @@ def _evaluate(jaxpr: jcore.Jaxpr, consts: list[Any], args: list[Any]) -> list[An
         name = eqn.primitive.name
         if name == "conv_general_dilated":
             outvals = [conv_from_params(*invals, **eqn.params)]
+        elif name == "reduce_window_max":
+            outvals = [max_pool_from_params(*invals, **eqn.params)]
         elif name in _INLINED and ("jaxpr" in eqn.params or "call_jaxpr" in eqn.params):
             sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
             if isinstance(sub, jcore.ClosedJaxpr):
@@ -190,3 +194,70 @@ def _bwd(config, res, g):
 
 
 _canonical_conv.defvjp(_fwd, _bwd)
+
+
+def max_pool_from_params(
+    x: jax.Array,
+    *,
+    window_dimensions,
+    window_strides,
+    padding,
+    base_dilation,
+    window_dilation,
+) -> jax.Array:
+    """A ``reduce_window_max`` equation's value; non-overlapping 2-D pooling (``nn.max_pool``
+    with window = stride, no padding) as reshape + max, the rest unchanged.
+
+    XLA:CPU's gradient of a windowed max, select-and-scatter, allocates full-size index arrays
+    on every call (``advjax/models/mnist.py``, ``_max_pool``). The rewrite's gradient goes to the
+    first maximum of each window in row-major order, as select-and-scatter's does.
+    """
+    window, strides = tuple(window_dimensions), tuple(window_strides)
+    pooled = [axis for axis, size in enumerate(window) if size != 1]
+    if (
+        window != strides
+        or any(tuple(p) != (0, 0) for p in padding)
+        or any(d != 1 for d in (*base_dilation, *window_dilation))
+        or x.ndim != 4
+        or pooled not in ([1, 2], [1], [2])
+    ):
+        return jax.lax.reduce_window_max_p.bind(
+            x,
+            window_dimensions=window_dimensions,
+            window_strides=window_strides,
+            padding=padding,
+            base_dilation=base_dilation,
+            window_dilation=window_dilation,
+        )
+    return _window_max(x, window[1], window[2])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _window_max(x: jax.Array, kh: int, kw: int) -> jax.Array:
+    return jnp.max(_windows(x, kh, kw), axis=-1)
+
+
+def _windows(x: jax.Array, kh: int, kw: int) -> jax.Array:
+    """``[B, H/kh, W/kw, C, kh * kw]``: each window's entries in row-major order (the rows and
+    columns that do not fill a window are dropped, as VALID pooling does)."""
+    b, h, w, c = x.shape
+    x = x[:, : h // kh * kh, : w // kw * kw]
+    x = x.reshape(b, h // kh, kh, w // kw, kw, c)
+    return x.transpose(0, 1, 3, 5, 2, 4).reshape(b, h // kh, w // kw, c, kh * kw)
+
+
+def _window_max_fwd(x, kh, kw):
+    windows = _windows(x, kh, kw)
+    return jnp.max(windows, axis=-1), (jnp.argmax(windows, axis=-1), x.shape)
+
+
+def _window_max_bwd(kh, kw, res, g):
+    first, shape = res
+    b, h, w, c = shape
+    spread = jax.nn.one_hot(first, kh * kw, dtype=g.dtype) * g[..., None]
+    spread = spread.reshape(b, h // kh, w // kw, c, kh, kw).transpose(0, 1, 4, 2, 5, 3)
+    spread = spread.reshape(b, h // kh * kh, w // kw * kw, c)
+    return (jnp.pad(spread, ((0, 0), (0, h - h // kh * kh), (0, w - w // kw * kw), (0, 0))),)
+
+
+_window_max.defvjp(_window_max_fwd, _window_max_bwd)
