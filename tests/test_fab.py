@@ -113,11 +113,17 @@ def test_projection_is_feasible_and_optimal(norm):
     np.testing.assert_allclose(d[-4:-2], 0.0, atol=1e-6)
 
 
+def _f32(lo: float, hi: float):
+    return st.floats(lo, hi, width=32, allow_subnormal=False)
+
+
 @settings(max_examples=20, deadline=None)
 @given(
-    t=hnp.arrays(np.float64, 5, elements=st.sampled_from([0.0, 0.25, 0.5, 1.0]) | st.floats(0, 1)),
-    w=hnp.arrays(np.float64, 5, elements=st.sampled_from([0.0, -1.0, 2.0]) | st.floats(-5, 5)),
-    u=st.floats(-2, 2),
+    # float32-representable normals: XLA:CPU flushes float32 subnormals to zero, the float64
+    # reference does not (w = 1.4e-45 once failed for that reason alone).
+    t=hnp.arrays(np.float64, 5, elements=st.sampled_from([0.0, 0.25, 0.5, 1.0]) | _f32(0, 1)),
+    w=hnp.arrays(np.float64, 5, elements=st.sampled_from([0.0, -1.0, 2.0]) | _f32(-5, 5)),
+    u=_f32(-2, 2),
     norm=st.sampled_from(NORMS),
 )
 def test_projection_edge_cases(t, w, u, norm):
