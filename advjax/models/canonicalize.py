@@ -69,9 +69,9 @@ def _evaluate(jaxpr: jcore.Jaxpr, consts: list[Any], args: list[Any]) -> list[An
         invals = [read(v) for v in eqn.invars]
         name = eqn.primitive.name
         if name == "conv_general_dilated":
-            outvals = [conv_from_params(*invals, **eqn.params)]
+            outvals = [conv_from_params(*invals, eqn.params)]
         elif name == "reduce_window_max":
-            outvals = [max_pool_from_params(*invals, **eqn.params)]
+            outvals = [max_pool_from_params(*invals, eqn.params)]
         elif name in _INLINED and ("jaxpr" in eqn.params or "call_jaxpr" in eqn.params):
             sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
             if isinstance(sub, jcore.ClosedJaxpr):
@@ -88,44 +88,24 @@ def _evaluate(jaxpr: jcore.Jaxpr, consts: list[Any], args: list[Any]) -> list[An
     return [read(v) for v in jaxpr.outvars]
 
 
-def conv_from_params(
-    lhs: jax.Array,
-    rhs: jax.Array,
-    *,
-    window_strides,
-    padding,
-    lhs_dilation,
-    rhs_dilation,
-    dimension_numbers,
-    feature_group_count,
-    batch_group_count,
-    precision,
-    preferred_element_type,
-    **other: Any,
-) -> jax.Array:
+def conv_from_params(lhs: jax.Array, rhs: jax.Array, params: dict[str, Any]) -> jax.Array:
     """A ``conv_general_dilated`` equation's value, canonical where it applies."""
-    original = functools.partial(
-        jax.lax.conv_general_dilated_p.bind,
-        **other,
-        window_strides=window_strides,
-        padding=padding,
-        lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-    )
+    known = (
+        "window_strides", "padding", "lhs_dilation", "rhs_dilation", "dimension_numbers",
+        "feature_group_count", "batch_group_count", "precision", "preferred_element_type",
+    )  # fmt: skip
     if (
         lhs.ndim != 4
-        or feature_group_count != 1
-        or batch_group_count != 1
-        or preferred_element_type is not None
-        or any(value is not None for value in other.values())
-        or any(d != 1 for d in (lhs_dilation or (1, 1)))
+        or params["feature_group_count"] != 1
+        or params["batch_group_count"] != 1
+        or params["preferred_element_type"] is not None
+        or any(value is not None for key, value in params.items() if key not in known)
+        or any(d != 1 for d in (params["lhs_dilation"] or (1, 1)))
     ):
-        return original(lhs, rhs)
+        return jax.lax.conv_general_dilated_p.bind(lhs, rhs, **params)
+    dimension_numbers, precision = params["dimension_numbers"], params["precision"]
+    window_strides, padding = params["window_strides"], params["padding"]
+    rhs_dilation = params["rhs_dilation"]
     lhs_spec, rhs_spec, out_spec = dimension_numbers
     x = jnp.transpose(lhs, (lhs_spec[0], lhs_spec[2], lhs_spec[3], lhs_spec[1]))
     w = jnp.transpose(rhs, (rhs_spec[2], rhs_spec[3], rhs_spec[1], rhs_spec[0]))
@@ -196,15 +176,7 @@ def _bwd(config, res, g):
 _canonical_conv.defvjp(_fwd, _bwd)
 
 
-def max_pool_from_params(
-    x: jax.Array,
-    *,
-    window_dimensions,
-    window_strides,
-    padding,
-    base_dilation,
-    window_dilation,
-) -> jax.Array:
+def max_pool_from_params(x: jax.Array, params: dict[str, Any]) -> jax.Array:
     """A ``reduce_window_max`` equation's value; non-overlapping 2-D pooling (``nn.max_pool``
     with window = stride, no padding) as reshape + max, the rest unchanged.
 
@@ -212,23 +184,16 @@ def max_pool_from_params(
     on every call (``advjax/models/mnist.py``, ``_max_pool``). The rewrite's gradient goes to the
     first maximum of each window in row-major order, as select-and-scatter's does.
     """
-    window, strides = tuple(window_dimensions), tuple(window_strides)
+    window, strides = tuple(params["window_dimensions"]), tuple(params["window_strides"])
     pooled = [axis for axis, size in enumerate(window) if size != 1]
     if (
         window != strides
-        or any(tuple(p) != (0, 0) for p in padding)
-        or any(d != 1 for d in (*base_dilation, *window_dilation))
+        or any(tuple(p) != (0, 0) for p in params["padding"])
+        or any(d != 1 for d in (*params["base_dilation"], *params["window_dilation"]))
         or x.ndim != 4
         or pooled not in ([1, 2], [1], [2])
     ):
-        return jax.lax.reduce_window_max_p.bind(
-            x,
-            window_dimensions=window_dimensions,
-            window_strides=window_strides,
-            padding=padding,
-            base_dilation=base_dilation,
-            window_dilation=window_dilation,
-        )
+        return jax.lax.reduce_window_max_p.bind(x, **params)
     return _window_max(x, window[1], window[2])
 
 
