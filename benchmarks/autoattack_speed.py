@@ -172,6 +172,12 @@ def measure(args, sides: tuple[str, ...]) -> dict:
         config, model_fn, variables, ckpt, test = load_model(
             args.workdir, args.checkpoint, args.num_examples, args.data_dir
         )
+    if args.model_form == "lax":  # the same weights as a third-party raw-lax NCHW model
+        import twins
+
+        if config.model.name != "mnist_fast_at":
+            raise ValueError("--model_form=lax has a raw-lax twin of mnist_fast_at only")
+        model_fn, variables = twins.lax_fast_at, twins.lax_fast_at_params(variables)
     x = test.images.astype(np.float32) / 255.0
     y = test.labels.astype(np.int64)
     buckets = tuple(float(b) for b in args.buckets.split(","))
@@ -259,6 +265,13 @@ def main(argv=None) -> dict:
         "own; sequential: the same in one process; interleaved: alternate the two sides component "
         "by component in one process (same machine drift for both, but they disturb each other)",
     )
+    p.add_argument(
+        "--model_form",
+        choices=("zoo", "lax"),
+        default="zoo",
+        help="advjax side: the zoo model, or its weights in a raw-lax NCHW model "
+        "(benchmarks/twins.py: lax_fast_at), as a user's third-party model",
+    )
     p.add_argument("--data_dir", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="write <output>.md and <output>.json")
@@ -288,6 +301,7 @@ def summarize(args, measured: dict) -> dict:
     """The report's fields from the sides' measurements (per-point masks reduced to accuracies)."""
     result = {
         "workdir": args.workdir,
+        "model_form": args.model_form,
         "batch": args.batch,
         "pass_rows": args.pass_rows or None,
         "eps": args.eps,
@@ -320,7 +334,8 @@ def markdown(r: dict) -> str:
     compile_total = sum(r["advjax_compile_s"].values())
     lines.append("")
     lines.append(
-        f"{r['num_examples']} MNIST test points, `{r['model']}` ({r['checkpoint']}), batch "
+        f"{r['num_examples']} MNIST test points, `{r['model']}` ({r['checkpoint']}"
+        f"{', as raw-lax NCHW code' if r.get('model_form') == 'lax' else ''}), batch "
         f"{r['batch']}, rows per pass {r.get('pass_rows') or 'all'}, Linf eps {r['eps']}, "
         f"{ORDERS[r.get('order', 'sequential')]}. "
         f"Robust accuracy: advjax "

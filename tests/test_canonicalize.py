@@ -3,6 +3,8 @@ second-order gradient, for every convolution form it rewrites or lets through (i
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import flax.linen as nn
 import jax
@@ -95,3 +97,114 @@ def test_rewritten_input_gradient_is_canonical_and_compiles_once():
 
     for seed in range(3):
         step(variables, jax.random.uniform(jax.random.key(seed), X.shape))
+
+
+class StridedNet(nn.Module):
+    """A user's model: a strided plain ``nn.Conv``, whose input gradient XLA:CPU leaves slow."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(4, (4, 4), strides=2, padding=((1, 1), (1, 1)))(x))
+        return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+STRIDED = StridedNet()
+XS = jax.random.uniform(jax.random.key(5), (4, 8, 8, 1))
+YS = jnp.array([0, 1, 2, 0])
+
+
+def test_attacks_rewrite_a_users_model_by_themselves_on_cpu_and_can_be_switched_off():
+    from advjax import attacks
+    from advjax.models.canonicalize import canonicalization
+
+    variables = STRIDED.init(jax.random.key(4), XS)
+    attack = attacks.apgd(eps=0.1, steps=3)
+    args = (STRIDED.apply, variables, XS, YS, jax.random.key(0))
+    auto = str(jax.make_jaxpr(attack.run, static_argnums=0)(*args))
+    with canonicalization(False):
+        off = str(jax.make_jaxpr(attack.run, static_argnums=0)(*args))
+        x_off = attack(*args)
+    assert jax.default_backend() == "cpu"
+    assert "lhs_dilation=(2, 2)" in off and "lhs_dilation=(2, 2)" not in auto
+    np.testing.assert_allclose(attack(*args), x_off, atol=1e-6)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    @chex.assert_max_traces(n=1)
+    def run(model_fn, v, x, y, key):
+        return attack(model_fn, v, x, y, key)
+
+    for seed in range(3):  # the rewritten model function keeps the jit cache
+        run(STRIDED.apply, variables, XS, YS, jax.random.key(seed))
+
+
+def test_forward_rewrites_training_mode_with_batch_statistics_unchanged():
+    from advjax.models import forward, get_model, init_variables
+    from advjax.models.canonicalize import canonicalization
+
+    model = get_model("resnet20", depth=8)
+    variables = init_variables(model, jax.random.key(0), (8, 8, 3))
+    x = jax.random.uniform(jax.random.key(1), (3, 8, 8, 3))
+
+    def loss(v, z):
+        out = forward(model, v, z, train=True, features=("penultimate",))
+        return jnp.sum(jax.nn.log_softmax(out.logits)[:, 1]), out
+
+    (value, out), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(variables, x)
+    assert "lhs_dilation=(2, 2)" not in str(jax.make_jaxpr(jax.grad(loss, 1, True))(variables, x))
+    with canonicalization(False):
+        (value_off, out_off), grads_off = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+            variables, x
+        )
+    _close((value, out, grads), (value_off, out_off, grads_off))
+
+
+def test_a_model_inside_a_rewritten_model_is_traced_once():
+    calls = []
+
+    def inner(v, x):
+        calls.append(1)
+        return raw_nchw(v, x)
+
+    variables = MODELS["raw_nchw"][1]
+    nested = canonicalize(lambda v, x: canonicalize(inner)(v, x) * 2.0)
+    _close(nested(variables, X), 2.0 * raw_nchw(variables, X))
+    assert len(calls) == 1
+
+
+ZOO = {  # small instances of every zoo model, as the rewrite sees them (inference mode)
+    "mnist_small": ({}, (28, 28, 1)),
+    "mnist_cnn4": ({}, (28, 28, 1)),
+    "mnist_fast_at": ({}, (28, 28, 1)),
+    "resnet20": ({"depth": 8}, (8, 8, 3)),
+    "preact_resnet18": ({}, (8, 8, 3)),
+    "wide_resnet": ({"depth": 10, "width": 1}, (8, 8, 3)),
+}
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_every_zoo_model_keeps_values_gradients_and_second_order(name):
+    from advjax.models import MODELS as REGISTRY
+    from advjax.models import init_variables, make_model_fn
+    from advjax.models.canonicalize import canonicalization
+
+    assert set(ZOO) == set(REGISTRY)
+    kwargs, shape = ZOO[name]
+    model = REGISTRY[name](**kwargs)
+    variables = init_variables(model, jax.random.key(0), shape)
+    x = jax.random.uniform(jax.random.key(1), (2, *shape))
+    fn = make_model_fn(model)  # the reference: forward's own rewrite switched off
+    fast = canonicalize(fn)
+
+    def input_gradient_norm(f):
+        return lambda v: jnp.sum(jax.grad(_loss(f), argnums=1)(v, x) ** 2)
+
+    def derivatives(f):
+        return (
+            f(variables, x),
+            jax.grad(_loss(f), 1)(variables, x),
+            jax.grad(input_gradient_norm(f))(variables),
+        )
+
+    with canonicalization(False):
+        reference = derivatives(fn)
+    _close(derivatives(fast), reference)

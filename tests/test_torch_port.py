@@ -178,3 +178,87 @@ def test_two_conv_ports_have_the_same_logits(port, name):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="ported: mnist_cnn4, mnist_small, mnist_fast_at"):
         port.port("wrn28_10", variables)
+
+
+CIFAR_CASES = [
+    ("resnet20", {}),
+    ("preact_resnet18", {}),
+    ("wide_resnet", {"depth": 10, "width": 1}),
+]
+
+
+def _cifar_variables(model, seed=0):
+    """He-scaled kernels, non-zero biases and non-trivial BatchNorm scales and running statistics
+    (Flax's init has mean 0 and var 1, which would leave the running-stat copy untested)."""
+    x = jnp.zeros((1, 32, 32, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    shapes = {k: v for k, v in shapes.items() if k != "intermediates"}
+    rng = np.random.default_rng(seed)
+
+    def draw(path, s):
+        name = path[-1].key
+        if name == "kernel":
+            a = rng.normal(0.0, np.sqrt(2.0 / np.prod(s.shape[:-1])), s.shape)
+        elif name == "scale":
+            a = rng.uniform(0.5, 1.0, s.shape)
+        elif name == "var":
+            a = rng.uniform(1.0, 3.0, s.shape)
+        elif name == "mean":
+            a = rng.normal(0.0, 0.2, s.shape)
+        else:  # biases
+            a = rng.normal(0.0, 0.1, s.shape)
+        return jnp.asarray(a.astype(np.float32))
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+@pytest.mark.parametrize("name, kwargs", CIFAR_CASES)
+def test_cifar_ports_have_the_same_logits(port, name, kwargs):
+    from advjax.models import get_model
+
+    model = get_model(name, **kwargs)
+    variables = _cifar_variables(model)
+    x = jax.random.uniform(jax.random.key(2), (2, 32, 32, 3))
+    expected = np.asarray(jax.jit(make_model_fn(model))(variables, x))
+    tmodel = port.port(name, variables, model)  # depth and width inferred from the params
+    assert not tmodel.training
+    assert not any(p.requires_grad for p in tmodel.parameters())
+    with torch.no_grad():
+        got = tmodel(port.nhwc_to_nchw(x)).numpy()
+    assert got.shape == (2, 10)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    # The running statistics were really copied: with Flax's init values the logits are far off.
+    trivial = {
+        "params": variables["params"],
+        "batch_stats": jax.tree_util.tree_map_with_path(
+            lambda p, a: jnp.ones_like(a) if p[-1].key == "var" else jnp.zeros_like(a),
+            variables["batch_stats"],
+        ),
+    }
+    with torch.no_grad():
+        off = port.port(name, trivial)(port.nhwc_to_nchw(x)).numpy()
+    assert np.abs(off - expected).max() > 1e-2
+
+
+def test_cifar_port_kwargs_and_checks(port):
+    from advjax.models import WideResNet
+
+    variables = _cifar_variables(WideResNet(depth=10, width=1))
+    tmodel = port.port("wide_resnet", variables)
+    assert isinstance(tmodel, port.TorchWideResNet)
+    assert tmodel.block_names == [f"group{g}_block1" for g in (1, 2, 3)]
+    assert tmodel.conv_stem.weight.shape == (16, 3, 3, 3) and tmodel.fc.in_features == 64
+    port.port("wide_resnet", variables, depth=10, width=1)  # passed through, consistent
+    with pytest.raises(ValueError, match="shape mismatch"):
+        port.port("wide_resnet", variables, width=2)
+    with pytest.raises(KeyError, match="group1_block2"):
+        port.port("wide_resnet", variables, depth=16)
+    extra = {**variables, "params": {**variables["params"], "dropout": {"kernel": jnp.zeros(3)}}}
+    with pytest.raises(ValueError, match="without a PyTorch counterpart: params/dropout/kernel"):
+        port.port("wide_resnet", extra)
+    with pytest.raises(ValueError, match="batch_stats"):
+        port.port("wide_resnet", variables["params"])
+    with pytest.raises(TypeError, match="no constructor kwargs"):
+        port.port("mnist_small", {}, depth=3)
+    with pytest.raises(ValueError, match="ported: .*resnet20, preact_resnet18, wide_resnet"):
+        port.port("vgg16", variables)

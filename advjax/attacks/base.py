@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax import validation
+from advjax.models.canonicalize import auto_canonicalize
 
 ModelFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -63,7 +64,9 @@ def validated(entry: Callable) -> Callable:
     The outermost call checks ``x``, ``y`` and ``key`` with ``advjax.validation.check_batch``
     (static checks at trace time; value checks at once on concrete arrays, as a host callback
     under ``jit``) and turns raw ``uint32`` keys into typed keys. Attacks called by other attacks
-    (restarts, AutoAttack's components) are not checked again.
+    (restarts, AutoAttack's components) are not checked again. On CPU the outermost call also
+    runs ``model_fn`` with its convolutions in the canonical form
+    (``advjax.models.canonicalize.auto_canonicalize``: same values and gradients, faster).
     """
 
     @functools.wraps(entry)
@@ -74,6 +77,7 @@ def validated(entry: Callable) -> Callable:
                 num_classes = validation.num_classes_of(model_fn, variables, x)
             validation.check_batch(x, y, num_classes)
             key = validation.as_key(key, x.shape[0])
+            model_fn = auto_canonicalize(model_fn)
         token = _ATTACK_DEPTH.set(_ATTACK_DEPTH.get() + 1)
         try:
             return entry(self, model_fn, variables, x, y, key, *args, **kwargs)

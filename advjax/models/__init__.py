@@ -10,6 +10,10 @@ the map the head pools or flattens) and ``"penultimate"`` (the input of the last
 ``[B, D]``), plus per-block outputs (``block<i>``, ``stage<i>`` or ``group<i>``; see each module).
 Recording is free unless requested: ``intermediates`` is mutable only when features are asked for.
 
+Speed on CPU: ``canonicalize(fn)`` rewrites a model's convolutions into XLA:CPU's fast form with
+the same values and derivatives; attacks and ``forward`` apply it by themselves on CPU, and
+``canonicalization(False)`` switches that off (``advjax/models/canonicalize.py``).
+
 Functional API (:mod:`advjax.models.functional`):
 
 * ``forward(model, variables, x, *, train, features=()) -> Forward(logits, features, batch_stats)``:
@@ -39,7 +43,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
-from advjax.models.canonicalize import canonicalize
+from advjax.models.canonicalize import canonicalization, canonicalize
 from advjax.models.checks import check_images
 from advjax.models.ensemble import Ensemble, ensemble_variables, member, member_variables
 from advjax.models.functional import (
@@ -80,6 +84,7 @@ def get_model(name: str, **kwargs) -> nn.Module:
 
 
 __all__ = [
+    "canonicalization",
     "canonicalize",
     "Ensemble",
     "ensemble_variables",

@@ -19,12 +19,26 @@ flipped, I/O-swapped kernel: canonical wherever it runs; non-overlapping 2-D max
 other higher-order primitives (``scan``, ``cond``, ``remat``, ``custom_jvp``/``custom_vjp``
 rules: the zoo's layers are already canonical). Reverse mode of any order works; forward mode
 (``jax.jvp``) through a rewritten convolution does not (a ``custom_vjp`` limitation).
+
+Automatic use. The library applies it on its own where models run: every attack entry point
+(``advjax.attacks.base.validated``, so a user's ``model_fn`` of any kind) and
+``advjax.models.forward`` (the training step, defense terms, the zoo's ``make_model_fn``), through
+``auto_canonicalize``: only when JAX's default backend is the CPU (XLA:GPU and TPU pick their own
+convolution layouts; there the rewrite would only add transposes), and never twice (a model called
+inside a rewritten model is rewritten once, by the outermost call). ``canonicalization(False)``
+(or ``ADVJAX_CANONICALIZE=0`` in the environment) switches it off for what is traced inside the
+block; as with ``advjax.validation.value_checks``, ``jax.jit`` caches traces by function, so set
+it before a function's first call.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import functools
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -36,19 +50,69 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 _INLINED = ("pjit", "jit", "closed_call", "core_call")
 
 
+_ENABLED = contextvars.ContextVar(
+    "advjax_canonicalize", default=os.environ.get("ADVJAX_CANONICALIZE", "1") != "0"
+)
+_REWRITING = contextvars.ContextVar("advjax_canonicalize_rewriting", default=False)
+
+
 def canonicalize(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` with its 2-D convolutions in the canonical form (see the module docstring)."""
+    """``fn`` with its 2-D convolutions in the canonical form (see the module docstring).
+
+    ``fn`` takes positional pytree arguments; inside another canonicalized call it runs as is
+    (the outer rewrite covers it).
+    """
 
     @functools.wraps(fn)
     def canonical(*args):
+        if _REWRITING.get():
+            return fn(*args)
         flat, in_tree = jax.tree.flatten(args)
-        closed, out_shape = jax.make_jaxpr(
-            lambda *leaves: fn(*jax.tree.unflatten(in_tree, leaves)), return_shape=True
-        )(*flat)
+        token = _REWRITING.set(True)
+        try:
+            closed, out_shape = jax.make_jaxpr(
+                lambda *leaves: fn(*jax.tree.unflatten(in_tree, leaves)), return_shape=True
+            )(*flat)
+        finally:
+            _REWRITING.reset(token)
         out = _evaluate(closed.jaxpr, closed.consts, flat)
         return jax.tree.unflatten(jax.tree.structure(out_shape), out)
 
     return canonical
+
+
+@contextlib.contextmanager
+def canonicalization(enabled: bool) -> Iterator[None]:
+    """Turns the automatic rewrite (``auto_canonicalize``) on or off for what is traced inside
+    the block. Explicit ``canonicalize(fn)`` calls are not affected."""
+    token = _ENABLED.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _ENABLED.reset(token)
+
+
+def rewrite_active() -> bool:
+    """Whether ``auto_canonicalize`` rewrites now: switched on and JAX's default backend is CPU."""
+    return _ENABLED.get() and jax.default_backend() == "cpu"
+
+
+@dataclasses.dataclass(frozen=True)
+class CanonicalModelFn:
+    """``canonicalize(model_fn)`` as a hashable value: equal wrappers of equal ``model_fn``s hash
+    alike, so a ``jax.jit`` with the model function static does not retrace."""
+
+    model_fn: Callable[..., Any]
+
+    def __call__(self, *args: Any) -> Any:
+        return canonicalize(self.model_fn)(*args)
+
+
+def auto_canonicalize(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``CanonicalModelFn(fn)`` where the rewrite helps (``rewrite_active()``), else ``fn``."""
+    if isinstance(fn, CanonicalModelFn) or not rewrite_active():
+        return fn
+    return CanonicalModelFn(fn)
 
 
 def _evaluate(jaxpr: jcore.Jaxpr, consts: list[Any], args: list[Any]) -> list[Any]:

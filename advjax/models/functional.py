@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 from flax.core import unfreeze
 
+from advjax.models.canonicalize import auto_canonicalize
+
 Variables = Mapping[str, Any]
 
 #: The Flax collection that models ``sow`` their named features into.
@@ -147,11 +149,15 @@ def forward(
     names = _feature_request(features)
     mutable = (["batch_stats"] if train else []) + ([FEATURE_COLLECTION] if names else [])
     variables = {k: v for k, v in variables.items() if k != FEATURE_COLLECTION}
-    kwargs = {} if rngs is None else {"rngs": rngs}
+
+    def apply(variables, x, rngs):  # canonical convolutions on CPU (models.canonicalize)
+        kwargs = {} if rngs is None else {"rngs": rngs}
+        return model.apply(variables, x, train=train, mutable=mutable or False, **kwargs)
+
+    out = auto_canonicalize(apply)(variables, x, rngs)
     if not mutable:
-        logits = model.apply(variables, x, train=train, **kwargs)
-        return Forward(logits, {}, {})
-    logits, mutated = model.apply(variables, x, train=train, mutable=mutable, **kwargs)
+        return Forward(out, {}, {})
+    logits, mutated = out
     mutated = unfreeze(mutated)
     selected = _select_features(model, mutated.get(FEATURE_COLLECTION, {}), names) if names else {}
     return Forward(logits, selected, mutated.get("batch_stats", {}) if train else {})
