@@ -208,3 +208,31 @@ def test_every_zoo_model_keeps_values_gradients_and_second_order(name):
     with canonicalization(False):
         reference = derivatives(fn)
     _close(derivatives(fast), reference)
+
+
+def test_an_nnx_model_is_rewritten_inside_attacks():
+    """Flax nnx, used the functional way (``nnx.split`` / ``nnx.merge`` in a model function)."""
+    from flax import nnx
+
+    from advjax import attacks
+    from advjax.models.canonicalize import canonicalization
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(1, 4, (4, 4), strides=2, padding=((1, 1), (1, 1)), rngs=rngs)
+            self.head = nnx.Linear(4 * 4 * 4, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(nnx.relu(self.conv(x)).reshape(x.shape[0], -1))
+
+    graphdef, state = nnx.split(Net(nnx.Rngs(0)))
+
+    def model_fn(state, x):
+        return nnx.merge(graphdef, state)(x)
+
+    attack = attacks.apgd(eps=0.1, steps=3)
+    args = (model_fn, state, XS, YS, jax.random.key(0))
+    assert "lhs_dilation=(2, 2)" not in str(jax.make_jaxpr(attack.run, static_argnums=0)(*args))
+    with canonicalization(False):
+        x_off = attack(*args)
+    np.testing.assert_allclose(attack(*args), x_off, atol=1e-6)

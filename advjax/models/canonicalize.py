@@ -10,8 +10,9 @@ body or a ``switch`` branch, which is where attacks spend their time (``canonica
 ``canonicalize(fn)`` returns a function with the same values and derivatives as ``fn`` in which
 every ``conv_general_dilated`` of ``fn``'s trace (Flax linen or nnx, Haiku-style functions, raw
 ``lax`` calls; also inside nested ``jit``) is computed in NHWC/HWIO with a custom VJP whose input
-gradient is a stride-1, undilated correlation of the (stride-dilated, padded) cotangent with the
-flipped, I/O-swapped kernel: canonical wherever it runs; non-overlapping 2-D max pooling (Flax's
+gradient is made of stride-1, undilated correlations of the cotangent with the flipped, I/O-swapped
+kernel, one per stride phase (``_input_gradient``): canonical wherever it runs, and without the
+zeros a stride-dilated cotangent would multiply; non-overlapping 2-D max pooling (Flax's
 ``nn.max_pool`` with window = stride) becomes reshape + max with select-and-scatter's gradient
 (``max_pool_from_params``). Strides, kernel dilation and any layout
 (NCHW/OIHW included) are covered; grouped and depthwise convolutions, base (input) dilation,
@@ -209,32 +210,65 @@ def _bwd(config, res, g):
     x, w = res
     strides, pads, dilation, precision = config
     # The kernel as applied: spatially dilated (zeros between taps), flipped, in/out swapped.
-    kh, kw = w.shape[:2]
     dh, dw_ = dilation
     applied = jax.lax.pad(
         w, jnp.zeros((), w.dtype), ((0, 0, dh - 1), (0, 0, dw_ - 1), (0, 0, 0), (0, 0, 0))
     )
-    k_h, k_w = (kh - 1) * dh + 1, (kw - 1) * dw_ + 1
-    flipped = jnp.flip(applied, (0, 1)).transpose(0, 1, 3, 2)
-    # d/dx of a strided correlation: the cotangent spread back to stride 1 (interior zeros), padded
-    # by K - 1 - lo before and H + lo - 1 - (O - 1) s after, correlated with the flipped kernel.
-    (lo_h, _), (lo_w, _) = pads
-    (s_h, s_w), (h, w_in), (o_h, o_w) = strides, x.shape[1:3], g.shape[1:3]
-    spread = jax.lax.pad(
-        g,
-        jnp.zeros((), g.dtype),
-        (
-            (0, 0, 0),
-            (k_h - 1 - lo_h, h + lo_h - 1 - (o_h - 1) * s_h, s_h - 1),
-            (k_w - 1 - lo_w, w_in + lo_w - 1 - (o_w - 1) * s_w, s_w - 1),
-            (0, 0, 0),
-        ),
-    )
-    dx = jax.lax.conv_general_dilated(
-        spread, flipped, (1, 1), "VALID", dimension_numbers=_NHWC, precision=precision
-    )
+    dx = _input_gradient(g, applied, x.shape, strides, pads, precision)
     dw = jax.vjp(lambda k: _forward(x, k, config), w)[1](g)[0]
     return dx, dw
+
+
+def _input_gradient(g, kernel, x_shape, strides, pads, precision):
+    """d/dx of the strided correlation ``y[o] = sum_k x[o s + k - lo] kernel[k]``, as ``s_h s_w``
+    stride-1 correlations, one per output phase ``i = r + s m`` (no zeros multiplied).
+
+    Input row ``r + s m`` receives the taps ``k = c + s j`` with ``c = (r + lo) mod s``:
+    ``dx_r[m] = sum_j g[m + q - j] kernel[c + s j]``, ``q = (r + lo - c) / s``, a VALID
+    correlation of ``g`` (cropped or zero-padded to rows ``q - J + 1 .. q + M_r - 1``) with the
+    flipped sub-kernel ``kernel[c::s]``. The phases are interleaved by a reshape.
+    """
+    (s_h, s_w), (_, h, w_in, c_in) = strides, x_shape
+    rows, cols = _phases(s_h, pads[0][0], h), _phases(s_w, pads[1][0], w_in)
+    m_h, m_w = -(-h // s_h), -(-w_in // s_w)
+    grid = []
+    for c_h, q_h, n_h in rows:
+        line = []
+        for c_w, q_w, n_w in cols:
+            sub = kernel[c_h::s_h, c_w::s_w]
+            j_h, j_w = sub.shape[:2]
+            if j_h == 0 or j_w == 0:  # no tap reaches this phase (kernel smaller than stride)
+                part = jnp.zeros((g.shape[0], m_h, m_w, c_in), g.dtype)
+            else:
+                window = jax.lax.pad(
+                    g,
+                    jnp.zeros((), g.dtype),
+                    (
+                        (0, 0, 0),
+                        (j_h - 1 - q_h, n_h - 1 + q_h - (g.shape[1] - 1), 0),
+                        (j_w - 1 - q_w, n_w - 1 + q_w - (g.shape[2] - 1), 0),
+                        (0, 0, 0),
+                    ),
+                )
+                flipped = jnp.flip(sub, (0, 1)).transpose(0, 1, 3, 2)
+                part = jax.lax.conv_general_dilated(
+                    window, flipped, (1, 1), "VALID", dimension_numbers=_NHWC, precision=precision
+                )
+                part = jnp.pad(part, ((0, 0), (0, m_h - n_h), (0, m_w - n_w), (0, 0)))
+            line.append(part)
+        grid.append(jnp.stack(line, axis=3))  # [B, m_h, m_w, s_w, C]
+    dx = jnp.stack(grid, axis=2)  # [B, m_h, s_h, m_w, s_w, C]
+    dx = dx.reshape(g.shape[0], m_h * s_h, m_w * s_w, c_in)
+    return dx[:, :h, :w_in]
+
+
+def _phases(stride: int, lo: int, size: int) -> list[tuple[int, int, int]]:
+    """Per residue ``r < stride``: the first tap ``c``, the offset ``q`` and the rows ``M_r``."""
+    phases = []
+    for r in range(stride):
+        c = (r + lo) % stride
+        phases.append((c, (r + lo - c) // stride, -(-(size - r) // stride)))
+    return phases
 
 
 _canonical_conv.defvjp(_fwd, _bwd)
