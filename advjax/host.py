@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import platform
 import sys
+from pathlib import Path
 
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
@@ -82,3 +84,14 @@ def configure() -> None:
     """Process settings for fast XLA:CPU: ``keep_freed_memory()`` and ``tune_xla_cpu()``."""
     keep_freed_memory()
     tune_xla_cpu()
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else ``platform``), for benchmark reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

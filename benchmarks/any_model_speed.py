@@ -34,7 +34,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -55,16 +54,6 @@ ATTACKS = ("pgd20", "apgd_ce100", "aa_standard")
 LABELS = {"pgd20": "PGD-20", "apgd_ce100": "APGD-CE-100", "aa_standard": "AutoAttack standard"}
 VARIANTS = ("zoo", "zoo-norewrite", "twin", "twin-norewrite", "torch")
 MNIST = ("mnist_small", "mnist_cnn4", "mnist_fast_at")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _budget(model: str) -> tuple[float, float]:
@@ -219,7 +208,7 @@ def report(args, rows: dict, versions: dict) -> str:
         "# Attack speed: zoo models, plain-Flax twins and PyTorch (issue 21)",
         "",
         f"Command: `python benchmarks/any_model_speed.py {' '.join(sys.argv[1:])}`",
-        f"Hardware: {_cpu_name()}, {versions['cores']} cores, {jax.default_backend()}; "
+        f"Hardware: {host.cpu_model()}, {versions['cores']} cores, {jax.default_backend()}; "
         f"jax {versions['jax']}, torch {versions.get('torch', '-')} "
         f"({args.torch_threads} threads), torchattacks {versions.get('torchattacks', '-')}. "
         f"Date: {versions['date']}. Batch {args.batch}, median of {args.repeats}; "

@@ -259,16 +259,6 @@ def time_epoch(args) -> dict[str, Any]:
 # Report
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def hardware() -> dict[str, Any]:
     devices = jax.devices()
     first = devices[0]
@@ -282,7 +272,7 @@ def hardware() -> dict[str, Any]:
         "device_count": jax.device_count(),
         "devices": [str(d) for d in devices],
         "platform_version": platform_version,
-        "cpu": cpu_model(),
+        "cpu": host.cpu_model(),
         "cpu_count": os.cpu_count(),
         "host": platform.node(),
     }

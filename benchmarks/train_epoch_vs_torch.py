@@ -395,16 +395,6 @@ def run_side(side: str, argv: list[str], repeat: int) -> dict:
     return out
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def summary(runs: list[dict]) -> list[dict]:
     rows = []
     for r, run in enumerate(runs):
@@ -570,6 +560,8 @@ def parse_args(argv):
 
 
 def main(argv=None):
+    from advjax import host
+
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.side:  # a child process
@@ -579,7 +571,7 @@ def main(argv=None):
     child_argv = [a for a in argv if not a.startswith("--output")]
     command = shlex.join(["python", "benchmarks/train_epoch_vs_torch.py", *argv])
     print(f"# {command}")
-    print(f"# CPU {cpu_model()} ({os.cpu_count()} cores), load average {os.getloadavg()}")
+    print(f"# CPU {host.cpu_model()} ({os.cpu_count()} cores), load average {os.getloadavg()}")
     runs = []
     for r in range(args.repeats):
         run = {}
@@ -592,7 +584,7 @@ def main(argv=None):
     result = {
         "command": command,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "hardware": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "host": platform.node()},
+        "hardware": {"cpu": host.cpu_model(), "cpu_count": os.cpu_count(), "host": platform.node()},
         "versions": {
             "python": platform.python_version(),
             **first["advjax"]["versions"],

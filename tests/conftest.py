@@ -13,6 +13,7 @@ host.configure()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,3 +48,32 @@ def mnist_dir():
     if not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.skip(f"MNIST not found in {MNIST_DIR}")
     return MNIST_DIR
+
+
+def variable_shapes(model, hwc):
+    """The variable shapes of ``model`` (no compilation), without ``intermediates``."""
+    x = jnp.zeros((1, *hwc), jnp.float32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    return {k: v for k, v in shapes.items() if k != "intermediates"}
+
+
+def random_variables(model, hwc, seed=0):
+    """Variables of ``model`` with He-scaled kernels, non-zero biases and non-trivial BatchNorm
+    scales and running statistics (Flax's init has zero biases, mean 0 and var 1)."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, s):
+        name = path[-1].key
+        if name == "kernel":
+            a = rng.normal(0.0, np.sqrt(2.0 / np.prod(s.shape[:-1])), s.shape)
+        elif name == "scale":
+            a = rng.uniform(0.5, 1.0, s.shape)
+        elif name == "var":
+            a = rng.uniform(1.0, 3.0, s.shape)
+        elif name == "mean":
+            a = rng.normal(0.0, 0.2, s.shape)
+        else:  # biases
+            a = rng.normal(0.0, 0.1, s.shape)
+        return jnp.asarray(a.astype(np.float32))
+
+    return jax.tree_util.tree_map_with_path(draw, variable_shapes(model, hwc))

@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 from advjax import attacks  # noqa: E402
 from advjax.models.functional import init_variables, make_model_fn  # noqa: E402
 from advjax.models.mnist import MnistCNN4  # noqa: E402
+from tests.conftest import random_variables  # noqa: E402
 
 PORT = Path(__file__).resolve().parents[1] / "benchmarks" / "torch_port.py"
 EPS, STEP, STEPS, BATCH = 0.3, 0.01, 20, 16
@@ -187,37 +188,12 @@ CIFAR_CASES = [
 ]
 
 
-def _cifar_variables(model, seed=0):
-    """He-scaled kernels, non-zero biases and non-trivial BatchNorm scales and running statistics
-    (Flax's init has mean 0 and var 1, which would leave the running-stat copy untested)."""
-    x = jnp.zeros((1, 32, 32, 3), jnp.float32)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
-    shapes = {k: v for k, v in shapes.items() if k != "intermediates"}
-    rng = np.random.default_rng(seed)
-
-    def draw(path, s):
-        name = path[-1].key
-        if name == "kernel":
-            a = rng.normal(0.0, np.sqrt(2.0 / np.prod(s.shape[:-1])), s.shape)
-        elif name == "scale":
-            a = rng.uniform(0.5, 1.0, s.shape)
-        elif name == "var":
-            a = rng.uniform(1.0, 3.0, s.shape)
-        elif name == "mean":
-            a = rng.normal(0.0, 0.2, s.shape)
-        else:  # biases
-            a = rng.normal(0.0, 0.1, s.shape)
-        return jnp.asarray(a.astype(np.float32))
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
 @pytest.mark.parametrize("name, kwargs", CIFAR_CASES)
 def test_cifar_ports_have_the_same_logits(port, name, kwargs):
     from advjax.models import get_model
 
     model = get_model(name, **kwargs)
-    variables = _cifar_variables(model)
+    variables = random_variables(model, (32, 32, 3))
     x = jax.random.uniform(jax.random.key(2), (2, 32, 32, 3))
     expected = np.asarray(jax.jit(make_model_fn(model))(variables, x))
     tmodel = port.port(name, variables, model)  # depth and width inferred from the params
@@ -243,7 +219,7 @@ def test_cifar_ports_have_the_same_logits(port, name, kwargs):
 def test_cifar_port_kwargs_and_checks(port):
     from advjax.models import WideResNet
 
-    variables = _cifar_variables(WideResNet(depth=10, width=1))
+    variables = random_variables(WideResNet(depth=10, width=1), (32, 32, 3))
     tmodel = port.port("wide_resnet", variables)
     assert isinstance(tmodel, port.TorchWideResNet)
     assert tmodel.block_names == [f"group{g}_block1" for g in (1, 2, 3)]

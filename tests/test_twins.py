@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from advjax.models import MODELS, apply_train, get_model, make_model_fn
+from tests.conftest import random_variables, variable_shapes
 
 TWINS_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "twins.py"
 
@@ -42,35 +42,6 @@ def twins():
     return _load_twins()
 
 
-def _shapes(model, hwc):
-    """The variable shapes of ``model`` (no compilation), without ``intermediates``."""
-    x = jnp.zeros((1, *hwc), jnp.float32)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
-    return {k: v for k, v in shapes.items() if k != "intermediates"}
-
-
-def random_variables(model, hwc, seed=0):
-    """Variables of ``model`` with He-scaled kernels, non-zero biases and non-trivial BatchNorm
-    scales and running statistics (Flax's init has zero biases, mean 0 and var 1)."""
-    rng = np.random.default_rng(seed)
-
-    def draw(path, s):
-        name = path[-1].key
-        if name == "kernel":
-            a = rng.normal(0.0, np.sqrt(2.0 / np.prod(s.shape[:-1])), s.shape)
-        elif name == "scale":
-            a = rng.uniform(0.5, 1.0, s.shape)
-        elif name == "var":
-            a = rng.uniform(1.0, 3.0, s.shape)
-        elif name == "mean":
-            a = rng.normal(0.0, 0.2, s.shape)
-        else:  # biases
-            a = rng.normal(0.0, 0.1, s.shape)
-        return jnp.asarray(a.astype(np.float32))
-
-    return jax.tree_util.tree_map_with_path(draw, _shapes(model, hwc))
-
-
 def test_twins_cover_the_zoo(twins):
     assert set(twins.TWINS) == set(MODELS) == set(CASES)
     source = TWINS_PY.read_text()
@@ -94,8 +65,8 @@ def test_twins_cover_the_zoo(twins):
 def test_same_variable_tree(twins, name, kwargs):
     """Same collections, module names and shapes as the zoo model (shapes only: no compile)."""
     hwc = CASES[name][1]
-    zoo = _shapes(get_model(name, **kwargs), hwc)
-    twin = _shapes(twins.get_twin(name, **kwargs), hwc)
+    zoo = variable_shapes(get_model(name, **kwargs), hwc)
+    twin = variable_shapes(twins.get_twin(name, **kwargs), hwc)
     assert jax.tree.structure(twin) == jax.tree.structure(zoo)
     assert jax.tree.map(lambda a: a.shape, twin) == jax.tree.map(lambda a: a.shape, zoo)
 
