@@ -1,4 +1,4 @@
-"""AutoAttack-standard speed: advjax vs torchattacks on the same MNIST weights, per component.
+"""AutoAttack-standard speed: advjax vs torchattacks and the reference on the same MNIST weights.
 
     python benchmarks/autoattack_speed.py --workdir=workdirs/mnist_fast_at --num_examples=1000 \\
         --output=results/autoattack_speed
@@ -14,6 +14,15 @@ of ``--batch``, on the same points:
   (ahead-of-time ``lower().compile()``).
 * torchattacks: its ``AutoAttack`` components (``_autoattack.attacks``, with ``steps=100``),
   applied in order to the still-robust points of each batch, as its ``MultiAttack`` does.
+* reference (fra31/auto-attack, when importable as ``autoattack``; not on PyPI: install a checkout
+  with ``pip install --no-deps path/to/auto-attack``): its ``run_standard_evaluation`` with one
+  component at a time (``attacks_to_run``) on the points still robust, batch ``--batch``, ``seed``.
+  The reference process also feeds advjax's final points to the PyTorch twin: every point advjax
+  calls broken must be misclassified there too (``advjax_broken_confirmed_by_twin``).
+
+``--square_redraw_unchanged=false`` runs advjax's Square as the reference does on proposals that
+would not change the current point (spends the query instead of drawing another sign pattern), to
+measure how much of a robust-accuracy gap that deliberate difference explains.
 
 ``--order=isolated`` (the default) runs all of advjax, then all of torchattacks, each side in a
 fresh process of its own (this script, re-run with a hidden ``--side``), as a user runs one library:
@@ -30,6 +39,8 @@ the ratio advjax / torchattacks (the issue's target: at most 1.0x).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import json
 import subprocess
 import sys
@@ -64,16 +75,20 @@ class Tally(NamedTuple):
     seconds: dict
     robust_after: dict
     robust: list
+    x_adv: list
 
     @classmethod
     def empty(cls) -> Tally:
-        return cls(dict.fromkeys(NAMES, 0.0), dict.fromkeys(NAMES, 0), [])
+        return cls(dict.fromkeys(NAMES, 0.0), dict.fromkeys(NAMES, 0), [], [])
 
 
-def advjax_steps(model_fn, variables, x, y, eps, batch, seed, buckets, pass_rows, tally, compile_s):
+def advjax_steps(
+    model_fn, variables, x, y, eps, batch, seed, buckets, pass_rows, tally, compile_s, redraw=True
+):
     """Generator: one AutoAttack component on one batch per step, timed into ``tally``
     (compilation, ahead of time, into ``compile_s``)."""
     components = auto_attack.components(eps, "linf", "standard")
+    components["square"] = dataclasses.replace(components["square"], redraw_unchanged=redraw)
     stages = {
         name: jax.jit(
             lambda v, x, y, k, xa, br, a=attack: combinators.cascade_stage(
@@ -104,6 +119,7 @@ def advjax_steps(model_fn, variables, x, y, eps, batch, seed, buckets, pass_rows
                 raise RuntimeError(f"advjax {name} left the eps ball")
             yield
         tally.robust.append(np.asarray(~broken))
+        tally.x_adv.append(np.asarray(x_adv))
 
 
 def torch_steps(twin, x, y, eps, batch, seed, tally):
@@ -137,6 +153,61 @@ def torch_steps(twin, x, y, eps, batch, seed, tally):
         tally.robust.append(robust.numpy())
 
 
+REFERENCE_NAMES = {"apgd_ce": "apgd-ce", "apgd_t": "apgd-t", "fab_t": "fab-t", "square": "square"}
+
+
+def reference_steps(twin, x, y, eps, batch, seed, tally):
+    """Generator: fra31/auto-attack's standard components, one at a time on all still-robust
+    points (its own batching, ``bs=batch``), timed into ``tally``."""
+    import torch
+    from autoattack import AutoAttack
+    from torch_port import nhwc_to_nchw
+
+    xt, yt = nhwc_to_nchw(x), torch.from_numpy(y).long()
+    adversary = AutoAttack(twin, norm="Linf", eps=eps, version="standard", seed=seed, device="cpu")
+    adversary.verbose = False
+    with torch.no_grad():
+        robust = torch.cat([twin(xt[i : i + batch]).argmax(1) for i in range(0, len(y), batch)])
+    robust = robust == yt
+    for name in NAMES:
+        idx = torch.nonzero(robust).flatten()
+        if len(idx) == 0:
+            break
+        adversary.attacks_to_run = [REFERENCE_NAMES[name]]
+        t0 = time.perf_counter()
+        adv = adversary.run_standard_evaluation(xt[idx], yt[idx], bs=batch)
+        tally.seconds[name] += time.perf_counter() - t0
+        if float((adv - xt[idx]).abs().max()) > eps + 1e-5:
+            raise RuntimeError(f"reference {name} left the eps ball")
+        with torch.no_grad():
+            robust[idx] = twin(adv).argmax(1) == yt[idx]
+        tally.robust_after[name] = int(robust.sum())
+        yield
+    tally.robust.append(robust.numpy())
+
+
+def confirm_on_twin(twin, x, y, x_adv, robust, eps, batch) -> dict:
+    """advjax's final points on the PyTorch twin: how many that advjax calls broken are
+    misclassified there too, and the largest Linf distance to the clean points."""
+    import torch
+    from torch_port import nhwc_to_nchw
+
+    broken = ~np.asarray(robust)
+    with torch.no_grad():
+        pred = np.concatenate(
+            [
+                twin(nhwc_to_nchw(x_adv[i : i + batch])).argmax(1).numpy()
+                for i in range(0, len(y), batch)
+            ]
+        )
+    return {
+        "advjax_broken": int(broken.sum()),
+        "advjax_broken_confirmed_by_twin": int((broken & (pred != y)).sum()),
+        "advjax_max_linf": float(np.abs(x_adv - x).max()),
+        "eps": eps,
+    }
+
+
 def drive(steps: list, interleave: bool) -> None:
     """Runs the step generators to the end: alternating one step of each (``interleave``: both
     sides see the same drift of a noisy machine), or one after the other."""
@@ -152,19 +223,20 @@ def drive(steps: list, interleave: bool) -> None:
                 live.remove(gen)
 
 
-SIDES = ("advjax", "torchattacks")
+SIDES = ("advjax", "torchattacks", "reference")
+PEERS = SIDES[1:]
 ORDERS = {
     "sequential": "all of advjax, then all of torchattacks, in one process",
-    "isolated": "all of advjax, then all of torchattacks, each in a fresh process of its own "
+    "isolated": "all of advjax, then each peer, each in a fresh process of its own "
     "(advjax's never imports PyTorch)",
-    "interleaved": "the two sides alternating component by component in one process",
+    "interleaved": "the sides alternating component by component in one process",
 }
 
 
 def measure(args, sides: tuple[str, ...]) -> dict:
     """Runs the given sides in this process and returns their measurements. PyTorch is imported
-    only when ``torchattacks`` is one of them."""
-    if "torchattacks" in sides:
+    only when a peer is one of them."""
+    if any(side in PEERS for side in sides):
         config, model_fn, variables, ckpt, twin, test = load_model_and_twin(
             args.workdir, args.checkpoint, args.num_examples, args.data_dir
         )
@@ -196,11 +268,16 @@ def measure(args, sides: tuple[str, ...]) -> dict:
                 args.pass_rows or None,
                 tallies["advjax"],
                 compile_s,
+                args.square_redraw_unchanged == "true",
             )
         )
     if "torchattacks" in sides:
         steps.append(
             torch_steps(twin, x, y, args.eps, args.batch, args.seed, tallies["torchattacks"])
+        )
+    if "reference" in sides:
+        steps.append(
+            reference_steps(twin, x, y, args.eps, args.batch, args.seed, tallies["reference"])
         )
     drive(steps, args.order == "interleaved")
     out = {
@@ -214,28 +291,42 @@ def measure(args, sides: tuple[str, ...]) -> dict:
     }
     if "advjax" in sides:
         out["advjax_compile_s"] = compile_s
+        x_adv = np.concatenate(tallies["advjax"].x_adv)
+        if args.advjax_x_adv:  # isolated: the reference's process checks these points
+            np.save(args.advjax_x_adv, x_adv)
+        elif "reference" in sides:
+            robust = np.concatenate(tallies["advjax"].robust)
+            out["twin_check"] = confirm_on_twin(twin, x, y, x_adv, robust, args.eps, args.batch)
+    elif "reference" in sides and args.advjax_x_adv:
+        robust = np.asarray(json.loads(Path(args.advjax_x_adv).with_suffix(".json").read_text()))
+        out["twin_check"] = confirm_on_twin(
+            twin, x, y, np.load(args.advjax_x_adv), robust, args.eps, args.batch
+        )
     for side, tally in tallies.items():
         print(side, tally.seconds, flush=True)
         out[f"{side}_s"] = tally.seconds
         out[f"{side}_robust_after"] = tally.robust_after
         out[f"{side}_robust_mask"] = np.concatenate(tally.robust).astype(bool).tolist()
-    if "torchattacks" in sides:
+    if any(side in PEERS for side in sides):
         import torch
 
         out.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
     return out
 
 
-def measure_isolated(argv: list[str]) -> dict:
+def measure_isolated(argv: list[str], sides: tuple[str, ...]) -> dict:
     """Each side in a fresh Python process of its own, advjax first: the advjax process never
-    imports PyTorch, and neither side's runtime (threads, allocator) disturbs the other's."""
+    imports PyTorch, and no side's runtime (threads, allocator) disturbs another's."""
     merged = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for side in SIDES:
+        x_adv = Path(tmp) / "advjax_x_adv.npy"
+        for side in sides:
             path = Path(tmp) / f"{side}.json"
             cmd = [sys.executable, __file__, *argv, f"--side={side}", f"--side_output={path}"]
-            subprocess.run(cmd, check=True)
+            subprocess.run([*cmd, f"--advjax_x_adv={x_adv}"], check=True)
             merged.update(json.loads(path.read_text()))
+            if side == "advjax":  # the advjax robust mask, for the reference's twin check
+                x_adv.with_suffix(".json").write_text(json.dumps(merged["advjax_robust_mask"]))
     return merged
 
 
@@ -272,23 +363,44 @@ def main(argv=None) -> dict:
         help="advjax side: the zoo model, or its weights in a raw-lax NCHW model "
         "(benchmarks/twins.py: lax_fast_at), as a user's third-party model",
     )
+    p.add_argument(
+        "--peers",
+        default=None,
+        help="comma-separated peers among torchattacks,reference (default: torchattacks, and "
+        "reference when fra31/auto-attack is importable)",
+    )
+    p.add_argument(
+        "--square_redraw_unchanged",
+        choices=("true", "false"),
+        default="true",
+        help="advjax Square's redraw_unchanged (false: spend the query as the reference does)",
+    )
     p.add_argument("--data_dir", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="write <output>.md and <output>.json")
     p.add_argument("--side", choices=SIDES, default=None, help=argparse.SUPPRESS)
     p.add_argument("--side_output", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--advjax_x_adv", default=None, help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    if args.peers is None:
+        peers = ["torchattacks"] + (["reference"] if importlib.util.find_spec("autoattack") else [])
+    else:
+        peers = [name for name in args.peers.split(",") if name]
+    unknown = sorted(set(peers) - set(PEERS))
+    if unknown:
+        raise SystemExit(f"unknown peers {unknown}; valid peers: {', '.join(PEERS)}")
+    sides = ("advjax", *peers)
 
     if args.side:  # a child process of --order=isolated
         Path(args.side_output).write_text(json.dumps(measure(args, (args.side,))))
         return {}
     if args.order == "isolated":
-        measured = measure_isolated(argv)  # the children return before writing --output
+        measured = measure_isolated(argv, sides)  # the children return before writing --output
     else:
-        measured = measure(args, SIDES)
+        measured = measure(args, sides)
     print("advjax compile", measured["advjax_compile_s"], flush=True)
-    result = summarize(args, measured)
+    result = summarize(args, sides, measured)
     table = markdown(result)
     print(table)
     if args.output:
@@ -297,7 +409,7 @@ def main(argv=None) -> dict:
     return result
 
 
-def summarize(args, measured: dict) -> dict:
+def summarize(args, sides: tuple[str, ...], measured: dict) -> dict:
     """The report's fields from the sides' measurements (per-point masks reduced to accuracies)."""
     result = {
         "workdir": args.workdir,
@@ -306,6 +418,8 @@ def summarize(args, measured: dict) -> dict:
         "pass_rows": args.pass_rows or None,
         "eps": args.eps,
         "order": args.order,
+        "sides": list(sides),
+        "square_redraw_unchanged": args.square_redraw_unchanged == "true",
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     for key, value in measured.items():
@@ -318,30 +432,43 @@ def summarize(args, measured: dict) -> dict:
 
 
 def markdown(r: dict) -> str:
+    peers = [side for side in r["sides"] if side != "advjax"]
+    head = " | ".join(f"{peer} s | advjax / {peer}" for peer in peers)
+    left = " / ".join(r["sides"])
     lines = [
-        "| component | advjax s | torchattacks s | ratio advjax / peer | robust after it: advjax "
-        "/ peer |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        f"| component | advjax s | {head} | robust after it: {left} |",
+        "| --- | ---: |" + " ---: | ---: |" * len(peers) + " ---: |",
     ]
-    for name in NAMES:
-        a, t = r["advjax_s"].get(name, 0.0), r["torchattacks_s"].get(name, 0.0)
-        left = f"{r['advjax_robust_after'].get(name)} / {r['torchattacks_robust_after'].get(name)}"
-        lines.append(
-            f"| {name} | {a:.1f} | {t:.1f} | {a / t if t else float('nan'):.2f}x | {left} |"
-        )
-    a, t = sum(r["advjax_s"].values()), sum(r["torchattacks_s"].values())
-    lines.append(f"| **AutoAttack standard** | **{a:.1f}** | **{t:.1f}** | **{a / t:.2f}x** | |")
+    for name in [*NAMES, None]:
+        a = r["advjax_s"].get(name, 0.0) if name else sum(r["advjax_s"].values())
+        cells = [f"{a:.1f}"]
+        for peer in peers:
+            t = r[f"{peer}_s"].get(name, 0.0) if name else sum(r[f"{peer}_s"].values())
+            cells += [f"{t:.1f}", f"{a / t if t else float('nan'):.2f}x"]
+        if name:
+            counts = " / ".join(str(r[f"{side}_robust_after"].get(name)) for side in r["sides"])
+            lines.append(f"| {name} | {' | '.join(cells)} | {counts} |")
+        else:
+            bold = " | ".join(f"**{c}**" for c in cells)
+            lines.append(f"| **AutoAttack standard** | {bold} | |")
     compile_total = sum(r["advjax_compile_s"].values())
+    accuracies = ", ".join(f"{side} {100 * r[f'{side}_robust']:.2f}%" for side in r["sides"])
     lines.append("")
     lines.append(
         f"{r['num_examples']} MNIST test points, `{r['model']}` ({r['checkpoint']}"
         f"{', as raw-lax NCHW code' if r.get('model_form') == 'lax' else ''}), batch "
         f"{r['batch']}, rows per pass {r.get('pass_rows') or 'all'}, Linf eps {r['eps']}, "
-        f"{ORDERS[r.get('order', 'sequential')]}. "
-        f"Robust accuracy: advjax "
-        f"{100 * r['advjax_robust']:.2f}%, torchattacks {100 * r['torchattacks_robust']:.2f}%. "
+        f"{ORDERS[r.get('order', 'sequential')]}; advjax Square redraw_unchanged="
+        f"{r.get('square_redraw_unchanged', True)}. Robust accuracy: {accuracies}. "
         f"advjax compilation (not in the times above): {compile_total:.1f} s."
     )
+    check = r.get("twin_check")
+    if check:
+        lines.append(
+            f"\nadvjax's {check['advjax_broken']} broken points on the PyTorch twin: "
+            f"{check['advjax_broken_confirmed_by_twin']} misclassified there too; largest Linf "
+            f"distance {check['advjax_max_linf']:.6f} (eps {check['eps']})."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -31,8 +31,11 @@ the cyclic learning rate of fast SRT's spatial version (App. J; the document's f
 Compositions of existing parts (nothing new in the library): ``ave_at`` and ``max_at`` (seed 001
 Sec. 4.1, Tramer & Boneh 2019: the average / per-example maximum CE over PGD-10, flow and affine
 RT adversaries, 10 steps each), ``flow_at`` and ``rt_at`` (PGD-AT against the flow and the affine
-RT attack alone), ``at_plus`` and ``srt_plus`` (SRT App. F: AT and SRT whose adversary is PGD-20 at
-eps 0.1 followed by Worst-of-10, the compound PGD+ neighbourhood). Their schedules are the base
+RT attack alone), ``pareto_at`` (Pareto AT, seed 001 Sec. 4.2, over the same three adversaries),
+``natural_cnn4`` and ``pgd10_at`` (natural training and PGD-10 AT on the same network: the
+baselines of ``python -m launch.pareto_front``), ``at_plus`` and ``srt_plus`` (SRT App. F: AT
+and SRT whose adversary is PGD-20 at eps 0.1 followed by Worst-of-10, the compound PGD+
+neighbourhood). Their schedules are the base
 one (10 epochs, our choice); no figures yet.
 
 Train, then evaluate on the 10k test set (clean and PGD-40, eps 0.3, step 0.01, random start;
@@ -78,6 +81,7 @@ BASE = dict(
         synthetic=dict(num_examples=1024),  # used with source=synthetic (tests, smoke runs)
         num_labeled=0,  # > 0: only this many training images keep their labels (SRT)
         labeled_only=False,  # with num_labeled: train on the labeled images alone
+        num_train=0,  # > 0: train on the first num_train training images only (short schedules)
     ),
     # The Madry-style network (3.2M parameters); families below pick others.
     model=dict(name="mnist_small"),
@@ -265,6 +269,19 @@ VARIANTS: dict[str, dict] = {
     ),
     "flow_at": common.merge(MULTI_PERTURBATION, dict(defense=dict(name="pgd_at", attack=FLOW))),
     "rt_at": common.merge(MULTI_PERTURBATION, dict(defense=dict(name="pgd_at", attack=AFFINE_RT))),
+    # Seed 001 Sec. 4.2-4.3: Pareto AT over the same three adversaries (r and the window of 50
+    # steps are ours to choose: python -m launch.pareto_front sweeps r), and the natural and
+    # PGD-AT baselines of its Pareto front on the same network and schedule.
+    "pareto_at": common.merge(
+        MULTI_PERTURBATION,
+        dict(
+            defense=dict(
+                name="pareto_at", attacks=dict(pgd=PGD10, flow=FLOW, rt=AFFINE_RT), r=1.0, window=50
+            )
+        ),
+    ),
+    "natural_cnn4": common.merge(MULTI_PERTURBATION, dict(defense=dict(name="natural"))),
+    "pgd10_at": common.merge(MULTI_PERTURBATION, dict(defense=dict(name="pgd_at", attack=PGD10))),
     "at_plus": common.merge(
         SRT_PIXEL,
         dict(

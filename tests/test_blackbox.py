@@ -257,6 +257,25 @@ def test_square_jit_matches_no_jit(linear_model):
     np.testing.assert_array_equal(eager.success, jitted.success)
 
 
+def test_square_redraw_unchanged_spends_no_query_on_a_proposal_that_changes_nothing():
+    # A black single-channel image at its lower corner x - eps (clipped to 0): a window with the
+    # sign "-" reproduces x_best. The default draws the other sign; the reference's behaviour
+    # (redraw_unchanged=False) proposes the unchanged point for about half of the draws.
+    x = jnp.zeros((8, 8, 1))
+    bits = jax.random.bits(jax.random.key(0), (512, 4), jnp.uint32)
+    for redraw in (True, False):
+        attack = square(0.3, redraw_unchanged=redraw)
+        proposals = jax.vmap(attack._propose_linf, in_axes=(0, None, None, None, None))(
+            bits, x, x, jnp.int32(2), None
+        )
+        unchanged = np.asarray(jnp.all(proposals == x, axis=(1, 2, 3)))
+        assert set(np.unique(np.asarray(proposals))) <= {0.0, np.float32(0.3)}
+        if redraw:
+            assert not unchanged.any()
+        else:
+            assert 0.4 < unchanged.mean() < 0.6, unchanged.mean()
+
+
 def test_square_matches_torchattacks_success_rate():
     torch = pytest.importorskip("torch")
     torchattacks = pytest.importorskip("torchattacks")

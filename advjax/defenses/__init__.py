@@ -42,6 +42,7 @@ from advjax.defenses.core import (
     for_model,
 )
 from advjax.defenses.jacobian import jacobian_norm_estimate, projection_vectors
+from advjax.defenses.pareto import ParetoWindow, pareto_at, solve_lower_level
 from advjax.defenses.published import (
     atlas,
     atlas_g,
@@ -78,6 +79,7 @@ DEFENSES: dict[str, Callable[..., Defense]] = {
     "fast_srt": srt,
     "ave_at": ave_at,
     "max_at": max_at,
+    "pareto_at": pareto_at,
 }
 
 
@@ -163,6 +165,7 @@ __all__ = [
     "FromState",
     "IndependentMembers",
     "MovingAverage",
+    "ParetoWindow",
     "StateRule",
     "StepContext",
     "Views",
@@ -181,9 +184,11 @@ __all__ = [
     "mart",
     "max_at",
     "natural",
+    "pareto_at",
     "pgd_at",
     "projection_vectors",
     "rt",
+    "solve_lower_level",
     "srt",
     "terms",
     "trades",

@@ -92,13 +92,16 @@ class WarmupScaled:
 
 @dataclasses.dataclass(frozen=True)
 class FromState:
-    """``scale * state[key]``: a weight read from the defense state."""
+    """``scale * state[key]`` (``scale * state[key][index]`` with an ``index``): a weight read
+    from the defense state."""
 
     key: str
     scale: float = 1.0
+    index: int | None = None
 
     def __call__(self, context: StepContext) -> Any:
-        return self.scale * context.state[self.key]
+        value = context.state[self.key]
+        return self.scale * (value if self.index is None else value[self.index])
 
 
 Weight = float | Callable[[StepContext], Any]
@@ -148,7 +151,9 @@ class StateRule(Protocol):
     """State a defense carries across steps (Pareto AT's loss moments, UDR's lambda).
 
     ``statistics`` runs inside the loss function on each device and returns batch means; the train
-    step averages them over devices and hosts and calls ``update`` with the result.
+    step averages them over devices and hosts and calls ``update`` with the result. A rule may
+    also define ``metrics(state) -> {name: scalar}``: values of the state before the step's
+    update, logged with the step's metrics (``metrics.jsonl``).
     """
 
     def init(self) -> Any: ...
@@ -411,6 +416,9 @@ class Defense:
         statistics = {}
         if self.state_rule is not None:
             statistics = jax.lax.stop_gradient(self.state_rule.statistics(views, values))
+            if hasattr(self.state_rule, "metrics"):
+                state_metrics = self.state_rule.metrics(state)
+                metrics.update({k: jnp.asarray(v, jnp.float32) for k, v in state_metrics.items()})
         aux = {"batch_stats": views.batch_stats, "metrics": metrics, "statistics": statistics}
         return total, aux
 

@@ -59,12 +59,19 @@ def load_splits(config: ml_collections.ConfigDict) -> tuple[Dataset, Dataset | N
 
     With ``data.num_labeled > 0``, only that many (seeded choice) of the remaining training
     examples stay labeled (``advjax.data.with_labeled_subset``); validation keeps its labels.
-    With ``data.labeled_only`` the training set is those labeled examples alone.
+    With ``data.labeled_only`` the training set is those labeled examples alone. With
+    ``data.num_train > 0`` only the first ``num_train`` of the remaining training examples are
+    used (short schedules that still see real data).
     """
     data = config.data
     train, val = load_split(config, "train"), None
     if data.get("num_validation", 0) > 0:
         train, val = split_validation(train, data.num_validation, config.seed)
+    num_train = data.get("num_train", 0) or 0
+    if num_train < 0:
+        raise ValueError(f"data.num_train must be >= 0 (0: every example), got {num_train}")
+    if num_train:
+        train = train.take(np.arange(min(num_train, len(train))))
     num_labeled = data.get("num_labeled", 0) or 0
     labeled_only = data.get("labeled_only", False)
     if labeled_only and not num_labeled:
