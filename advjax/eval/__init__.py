@@ -2,6 +2,7 @@
 
 from advjax.eval.accuracy import evaluate_accuracy
 from advjax.eval.presets import PRESETS, Entry, Preset, ThreatSettings, parse_eps
+from advjax.eval.robustness_score import evaluate_robustness, robustness_suite
 from advjax.eval.suite import SuiteResult, evaluate_suite
 
 __all__ = [
@@ -11,6 +12,8 @@ __all__ = [
     "SuiteResult",
     "ThreatSettings",
     "evaluate_accuracy",
+    "evaluate_robustness",
     "evaluate_suite",
     "parse_eps",
+    "robustness_suite",
 ]
