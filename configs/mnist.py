@@ -197,6 +197,9 @@ PGD10 = pgd(EPS, 0.03, 10)
 FLOW = dict(name="flow_pgd", eps_flow=0.05, steps=10)
 AFFINE_RT = dict(name="affine_pgd", eps_affine=0.1, steps=10)
 MULTI_PERTURBATION = dict(model=dict(name="mnist_cnn4"))
+# Every defense of the family names its warm-up, so that one override states it for all of them
+# (``--override=defense.eps_warmup_epochs=2`` in launch.pareto_front).
+NO_WARMUP = dict(eps_warmup_epochs=0)
 # SRT App. F: compound defenses train on PGD followed by Worst-of-10 (the pixel-wise SRT setting).
 PGD_PLUS = dict(name="sequence", attacks=[pgd(SRT_EPS, 0.01, 20), WORST_OF_10])
 
@@ -261,14 +264,26 @@ VARIANTS: dict[str, dict] = {
     # Compositions of existing parts: defenses over several adversaries, spatial and compound AT.
     "ave_at": common.merge(
         MULTI_PERTURBATION,
-        dict(defense=dict(name="ave_at", attacks=dict(pgd=PGD10, flow=FLOW, rt=AFFINE_RT))),
+        dict(
+            defense=dict(
+                name="ave_at", attacks=dict(pgd=PGD10, flow=FLOW, rt=AFFINE_RT), **NO_WARMUP
+            )
+        ),
     ),
     "max_at": common.merge(
         MULTI_PERTURBATION,
-        dict(defense=dict(name="max_at", attacks=dict(pgd=PGD10, flow=FLOW, rt=AFFINE_RT))),
+        dict(
+            defense=dict(
+                name="max_at", attacks=dict(pgd=PGD10, flow=FLOW, rt=AFFINE_RT), **NO_WARMUP
+            )
+        ),
     ),
-    "flow_at": common.merge(MULTI_PERTURBATION, dict(defense=dict(name="pgd_at", attack=FLOW))),
-    "rt_at": common.merge(MULTI_PERTURBATION, dict(defense=dict(name="pgd_at", attack=AFFINE_RT))),
+    "flow_at": common.merge(
+        MULTI_PERTURBATION, dict(defense=dict(name="pgd_at", attack=FLOW, **NO_WARMUP))
+    ),
+    "rt_at": common.merge(
+        MULTI_PERTURBATION, dict(defense=dict(name="pgd_at", attack=AFFINE_RT, **NO_WARMUP))
+    ),
     # Seed 001 Sec. 4.2-4.3: Pareto AT over the same three adversaries (r and the window of 50
     # steps are ours to choose: python -m launch.pareto_front sweeps r), and the natural and
     # PGD-AT baselines of its Pareto front on the same network and schedule.
@@ -276,12 +291,20 @@ VARIANTS: dict[str, dict] = {
         MULTI_PERTURBATION,
         dict(
             defense=dict(
-                name="pareto_at", attacks=dict(pgd=PGD10, flow=FLOW, rt=AFFINE_RT), r=1.0, window=50
+                name="pareto_at",
+                attacks=dict(pgd=PGD10, flow=FLOW, rt=AFFINE_RT),
+                r=1.0,
+                window=50,
+                **NO_WARMUP,
             )
         ),
     ),
-    "natural_cnn4": common.merge(MULTI_PERTURBATION, dict(defense=dict(name="natural"))),
-    "pgd10_at": common.merge(MULTI_PERTURBATION, dict(defense=dict(name="pgd_at", attack=PGD10))),
+    "natural_cnn4": common.merge(
+        MULTI_PERTURBATION, dict(defense=dict(name="natural", **NO_WARMUP))
+    ),
+    "pgd10_at": common.merge(
+        MULTI_PERTURBATION, dict(defense=dict(name="pgd_at", attack=PGD10, **NO_WARMUP))
+    ),
     "at_plus": common.merge(
         SRT_PIXEL,
         dict(

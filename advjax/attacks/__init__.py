@@ -52,8 +52,10 @@ from advjax.attacks.spatial import (
 )
 from advjax.attacks.square_search import Square, square
 from advjax.attacks.surrogate import Transfer, transfer
+from advjax.attacks.udr import UDRAttack, udr
 
 __all__ = [
+    "UDRAttack",
     "GridSearch",
     "RandomSearch",
     "SpatialAttack",
@@ -89,6 +91,7 @@ __all__ = [
     "untargeted",
     "rays",
     "square",
+    "udr",
     "transfer",
     "ATTACKS",
     "Attack",

@@ -42,6 +42,7 @@ from advjax.attacks.spatial import (
 )
 from advjax.attacks.square_search import square
 from advjax.attacks.surrogate import transfer
+from advjax.attacks.udr import udr
 
 ATTACKS: dict[str, Callable[..., Attack]] = {
     # Lp attacks: gradient-based, then score-based, decision-based and minimum-norm.
@@ -51,6 +52,7 @@ ATTACKS: dict[str, Callable[..., Attack]] = {
     "bim": bim,
     "pgd": pgd,
     "mifgsm": mifgsm,
+    "udr": udr,
     "untargeted": untargeted,
     "multitargeted": multitargeted,
     "apgd": apgd,

@@ -61,6 +61,7 @@ from advjax.defenses.published import (
 )
 from advjax.defenses.state import MovingAverage
 from advjax.defenses.terms import kl_attack_loss, kl_term
+from advjax.defenses.udr_state import LambdaFromState, UDRLambda, udr_lambda
 
 DEFENSES: dict[str, Callable[..., Defense]] = {
     "natural": natural,
@@ -164,10 +165,12 @@ __all__ = [
     "Defense",
     "FromState",
     "IndependentMembers",
+    "LambdaFromState",
     "MovingAverage",
     "ParetoWindow",
     "StateRule",
     "StepContext",
+    "UDRLambda",
     "Views",
     "WarmupScaled",
     "atlas",
@@ -193,4 +196,5 @@ __all__ = [
     "terms",
     "trades",
     "trades_jac",
+    "udr_lambda",
 ]

@@ -7,7 +7,8 @@ A defense is a frozen dataclass, called inside the jitted train step::
     loss = sum_k w_k(step, state) * L_k(views)
 
 * **Adversaries** (``Adversary``) are generated once per step, each from the model in inference
-  mode with the current parameters (or with BatchNorm in training mode, ``bn_train_mode``), and
+  mode with the current parameters (or with BatchNorm in training mode, ``bn_train_mode``),
+  reading the defense state where they need it (``from_state``, e.g. UDR's lambda), and
   are constants for the parameter gradient (Danskin's theorem, Madry et al. 2018, Sec. 2). An
   adversary's attack gets as ``y`` the true labels, the clean inference-mode logits (for an attack
   maximising a KL against the clean prediction) or the predicted labels ``C(x)`` (SRT).
@@ -127,12 +128,16 @@ class Adversary:
         ``"predicted"`` (the labels ``C(x) = argmax f(x)``, SRT Sec. 3.1).
       bn_train_mode: generate the adversary with BatchNorm in training mode (batch statistics,
         running averages untouched; thesis spec Sec. 8.5), instead of inference mode.
+      from_state: ``from_state(attack, state) -> attack``, how the attack reads the defense state
+        each step before it runs (traced values: no recompilation), e.g. UDR's learned
+        ``lambda`` (``advjax.defenses.udr_state.LambdaFromState``); None: it reads nothing.
     """
 
     attack: Attack
     name: str = "adv"
     target: str = "labels"
     bn_train_mode: bool = False
+    from_state: Callable[[Attack, Any], Attack] | None = None
 
     def __post_init__(self):
         check_choice("adversary target", self.target, ADVERSARY_TARGETS)
@@ -202,6 +207,7 @@ class Views:
         batch: Batch,
         keys: jax.Array,
         ramp: Any,
+        state: Any = None,
     ):
         x, y = batch["image"], batch["label"]
         labeled = batch.get("labeled")
@@ -220,7 +226,10 @@ class Views:
         for i, adversary in enumerate(defense.adversaries):
             if adversary.name not in needed:
                 continue
-            attack = adversary.attack.scaled(ramp) if defense.eps_warmup_steps else adversary.attack
+            attack = adversary.attack
+            if adversary.from_state is not None:
+                attack = adversary.from_state(attack, state)
+            attack = attack.scaled(ramp) if defense.eps_warmup_steps else attack
             target = {
                 "labels": lambda: self.labels,
                 "clean_logits": self.clean_inference_logits,
@@ -390,7 +399,7 @@ class Defense:
     ) -> tuple[jax.Array, dict[str, Any]]:
         state = self.init_state() if state is None else state
         context = StepContext(step=step, ramp=self.ramp(step), state=state)
-        views = Views(self, model, variables, batch, keys, context.ramp)
+        views = Views(self, model, variables, batch, keys, context.ramp, state)
 
         metrics: dict[str, jax.Array] = {}
         for view in views.names:

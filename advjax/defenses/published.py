@@ -70,9 +70,11 @@ def _monitor(view: str, num_projections: int, enabled: bool) -> tuple[JacobianNo
     return (JacobianNorm(view, num_projections, name="jac_norm"),) if enabled else ()
 
 
-def natural() -> Defense:
-    """Standard training: cross-entropy on clean inputs."""
-    return Defense((CrossEntropy(CLEAN, name="clean"),), name="natural")
+def natural(eps_warmup_steps: int = 0) -> Defense:
+    """Standard training: cross-entropy on clean inputs. ``eps_warmup_steps`` changes nothing
+    (there is no adversary); it is accepted so that one schedule override can state the
+    warm-up of every run of a comparison (``launch.pareto_front --override=...``)."""
+    return Defense((CrossEntropy(CLEAN, name="clean"),), (), (), eps_warmup_steps, name="natural")
 
 
 def pgd_at(attack: Attack, eps_warmup_steps: int = 0) -> Defense:
