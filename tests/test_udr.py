@@ -447,3 +447,36 @@ def test_train_step_updates_lambda_as_numpy_and_compiles_once():
     np.testing.assert_allclose(logged_lambda, expected, rtol=1e-5, atol=1e-6)
     assert float(state.defense_state[LAMBDA]) == pytest.approx(lam, rel=1e-5, abs=1e-6)
     assert len(set(logged_lambda)) == 3 and 0.0 < min(stats) < rule.eps
+
+
+def test_udr_defenses_equal_their_standard_counterparts_in_the_hard_ball_limit():
+    """Theorem 1 at the defense level: with lambda = 1 and tau = eta (squared hinge) the UDR
+    adversary is PGD's, so UDR-PGD / -TRADES / -MART give their counterparts' loss exactly."""
+    from advjax import defenses
+
+    model = _Tiny()
+    variables = init_variables(model, jax.random.key(0), (4, 4, 1))
+    x = jax.random.uniform(jax.random.key(1), (8, 4, 4, 1))
+    batch = {"image": x, "label": jnp.arange(8) % 3}
+    keys = jax.random.split(jax.random.key(2), 8)
+    udr_spec = {"name": "udr", "eps": EPS, "step_size": ETA, "steps": 3}
+    pgd_spec = {"name": "pgd", "eps": EPS, "step_size": ETA, "steps": 3, "keep_best": False}
+    pairs = [
+        ({"name": "udr_pgd"}, {"name": "pgd_at", "clean_weight": 1.0}),
+        ({"name": "udr_trades"}, {"name": "trades", "beta": 1.0, "kl_base": "adv"}),
+        (
+            {"name": "udr_mart"},
+            {"name": "mart", "beta": 1.0, "variant": "thesis", "kl_base": "adv"},
+        ),
+    ]
+    for udr_defense, standard in pairs:
+        ours = defenses.build({**udr_defense, "attack": udr_spec})
+        theirs = defenses.build({**standard, "attack": pgd_spec})
+        state = ours.init_state()
+        assert float(state[LAMBDA]) == 1.0
+        loss, aux = ours(model, variables, batch, keys, state=state)
+        expected, _ = theirs(model, variables, batch, keys)
+        assert float(loss) == pytest.approx(float(expected), rel=1e-6), udr_defense
+        assert float(aux["metrics"]["udr_lambda"]) == 1.0
+    with pytest.raises(ValueError, match="UDR attack"):
+        defenses.build({"name": "udr_pgd", "attack": pgd_spec})

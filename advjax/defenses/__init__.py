@@ -61,6 +61,7 @@ from advjax.defenses.published import (
 )
 from advjax.defenses.state import MovingAverage
 from advjax.defenses.terms import kl_attack_loss, kl_term
+from advjax.defenses.udr import learned_lambda, udr_mart, udr_pgd, udr_trades
 from advjax.defenses.udr_state import LambdaFromState, UDRLambda, udr_lambda
 
 DEFENSES: dict[str, Callable[..., Defense]] = {
@@ -81,6 +82,9 @@ DEFENSES: dict[str, Callable[..., Defense]] = {
     "ave_at": ave_at,
     "max_at": max_at,
     "pareto_at": pareto_at,
+    "udr_pgd": udr_pgd,
+    "udr_trades": udr_trades,
+    "udr_mart": udr_mart,
 }
 
 
@@ -93,7 +97,7 @@ def _default(factory: Callable, name: str, given: Mapping[str, Any]) -> Any:
 
 def _attack_loss(factory: Callable, kwargs: Mapping[str, Any]) -> str | None:
     """The loss a defense's adversary must maximise when its spec does not name one."""
-    if factory in (trades, trades_jac, klr) or (
+    if factory in (trades, trades_jac, klr, udr_trades, udr_mart) or (
         factory is mart and _default(mart, "variant", kwargs) == "thesis"
     ):
         return kl_attack_loss(_default(factory, "kl_base", kwargs))
@@ -181,6 +185,7 @@ __all__ = [
     "for_model",
     "jac",
     "jacobian_norm_estimate",
+    "learned_lambda",
     "kl_attack_loss",
     "kl_term",
     "klr",
@@ -197,4 +202,7 @@ __all__ = [
     "trades",
     "trades_jac",
     "udr_lambda",
+    "udr_mart",
+    "udr_pgd",
+    "udr_trades",
 ]

@@ -35,6 +35,7 @@ BCE has ``1e-12`` where MART's code has ``1.0001``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from advjax import attacks, losses
 from advjax.attacks import Attack
@@ -77,17 +78,18 @@ def natural(eps_warmup_steps: int = 0) -> Defense:
     return Defense((CrossEntropy(CLEAN, name="clean"),), (), (), eps_warmup_steps, name="natural")
 
 
-def pgd_at(attack: Attack, eps_warmup_steps: int = 0) -> Defense:
-    """Adversarial training (Madry et al. 2018): CE on ``x' = attack(x)``.
+def pgd_at(
+    attack: Attack, eps_warmup_steps: int = 0, beta: float = 1.0, clean_weight: float = 0.0
+) -> Defense:
+    """Adversarial training (Madry et al. 2018): ``beta CE(f(x'), y)``, ``x' = attack(x)``, plus
+    ``clean_weight CE(f(x), y)`` (the thesis's PGD-AT, Eq. 5, has ``clean_weight = 1``).
 
     With ``attacks.fgsm_rs`` (FGSM from a random start, step ``1.25 eps``) and a cyclic learning
     rate this is fast AT (Wong et al. 2020)."""
-    return Defense(
-        (CrossEntropy("adv", name="adv"),),
-        (Adversary(attack),),
-        eps_warmup_steps=eps_warmup_steps,
-        name="pgd_at",
-    )
+    terms: tuple[Any, ...] = (CrossEntropy("adv", weight=beta, name="adv"),)
+    if clean_weight:
+        terms = (CrossEntropy(CLEAN, weight=clean_weight, name="clean"), *terms)
+    return Defense(terms, (Adversary(attack),), eps_warmup_steps=eps_warmup_steps, name="pgd_at")
 
 
 def trades(
