@@ -433,10 +433,10 @@ def summarize(args, sides: tuple[str, ...], measured: dict) -> dict:
 
 def markdown(r: dict) -> str:
     peers = [side for side in r["sides"] if side != "advjax"]
-    head = " | ".join(f"{peer} s | advjax / {peer}" for peer in peers)
+    head = "".join(f" {peer} s | advjax / {peer} |" for peer in peers)
     left = " / ".join(r["sides"])
     lines = [
-        f"| component | advjax s | {head} | robust after it: {left} |",
+        f"| component | advjax s |{head} robust after it: {left} |",
         "| --- | ---: |" + " ---: | ---: |" * len(peers) + " ---: |",
     ]
     for name in [*NAMES, None]:
