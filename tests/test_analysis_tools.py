@@ -314,13 +314,15 @@ def test_plots_say_how_to_install_matplotlib(tmp_path, monkeypatch):
 
 
 def _tiny_workdir(path: Path, seed: int) -> None:
-    """A workdir of an untrained mnist_cnn4 on synthetic data: config.json and step 0."""
+    """A workdir of an untrained mnist_fast_at (the cheapest zoo network to compile) on synthetic
+    data: config.json and step 0."""
     from advjax.experiment import build_defense, build_model, initial_state, write_config
     from advjax.train.checkpoint import Checkpointer, to_host
     from tests.train_configs import tiny_config
 
     config = tiny_config("natural", epochs=1)
     config.seed = seed
+    config.model.name = "mnist_fast_at"
     config.evaluate.spatial_steps = 2  # w* of the integrated spatial attack: 2 steps suffice here
     path.mkdir(parents=True)
     write_config(config, str(path))
