@@ -287,6 +287,7 @@ def test_every_preset_resolves_with_its_protocol(norm):
     assert list(components) == ["apgd_ce", "apgd_t", "fab_t", "square"]  # = preset names
     assert set(components) <= set(presets.PRESETS)
     assert components["apgd_ce"]["steps"] == 100 and components["square"]["steps"] == 5000
+    assert components["square"]["rescale_schedule"] is False  # as the reference's Square
     assert list(presets.resolve("aa_rand", settings).protocol["components"]) == [
         "apgd_ce",
         "apgd_dlr",

@@ -70,7 +70,10 @@ def components(
         elif name == "fab":
             built[name] = fab.fab(eps, norm=norm, restarts=restarts)
         elif name == "square" and norm in ("linf", "l2"):
-            built[name] = square.square(eps, norm=norm)
+            # The reference's AutoAttack reads Square's p schedule on the absolute 10,000-query
+            # scale (resc_schedule=False), so at 5,000 queries the squares never reach the
+            # smallest sizes (fra31/auto-attack autoattack.py).
+            built[name] = square.square(eps, norm=norm, rescale_schedule=False)
     return built
 
 
