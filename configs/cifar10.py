@@ -76,6 +76,36 @@ BASE = dict(
     distributed=common.distributed(),
 )
 
+# Thesis Ch. 5 (UDR; spec thesis_ch5_6.md Sec. 6.1-6.4, Table 1): PGD-10 at eps 8/255, step
+# 2/255; the UDR adversary pulls with the soft-ball cost (Eq. 16) on the L2 ground cost, tau =
+# 2 eta = 4/255, lambda learned by Eq. 19 on the Linf cost (statistic "soft"; lambda_0 = 1, lr
+# 0.02 every 10 steps as the released code). beta: TRADES 6, MART 5, PGD-AT 1 with the clean term
+# (P11). The thesis's ResNet18 schedule: SGD momentum 0.9, lr 0.01 divided by 10 at epochs 75,
+# 90 and 100, weight decay 3.5e-3, 200 epochs (batch size not stated: 128). The network here is
+# PreAct-ResNet-18 (the thesis's ResNet18 is not in the zoo; the released code ships both).
+CH5_PGD = pgd(EPS, 2 / 255, 10)
+CH5_UDR = dict(
+    name="udr", eps=EPS, step_size=2 / 255, steps=10, cost="soft", ground_cost="l2", tau=4 / 255
+)
+CH5_LAMBDA = dict(statistic="soft")
+CH5 = dict(
+    model=dict(name="preact_resnet18"),
+    train=dict(
+        epochs=200,
+        learning_rate=0.01,
+        schedule="piecewise",
+        decay_epochs=(75, 90, 100),
+        weight_decay=3.5e-3,
+    ),
+    validation=dict(attack=dict(name="pgd", eps=EPS, step_size=2 / 255, steps=20)),
+    evaluate=dict(suite="clean,pgd200,aa_standard,brendel_bethge"),
+)
+
+
+def _ch5(defense: dict) -> dict:
+    return common.merge(CH5, dict(defense=defense))
+
+
 VARIANTS: dict[str, dict] = {
     "natural": dict(defense=dict(name="natural"), validation=dict(metric="val_clean_accuracy")),
     "fast_at": dict(
@@ -86,6 +116,17 @@ VARIANTS: dict[str, dict] = {
         model=dict(name="wide_resnet", depth=34, width=10),
         defense=dict(name="pgd_at", attack=pgd(EPS, 2 / 255, 10)),
         train=dict(epochs=200, schedule="piecewise"),
+    ),
+    # Thesis Ch. 5, Table 1 (CIFAR-10 columns; see CH5 above).
+    "ch5_pgd_at": _ch5(dict(name="pgd_at", attack=CH5_PGD, beta=1.0, clean_weight=1.0)),
+    "ch5_udr_pgd": _ch5(dict(name="udr_pgd", attack=CH5_UDR, clean_weight=1.0, **CH5_LAMBDA)),
+    "ch5_trades": _ch5(dict(name="trades", attack=CH5_PGD, beta=6.0, kl_base="adv")),
+    "ch5_udr_trades": _ch5(
+        dict(name="udr_trades", attack=CH5_UDR, beta=6.0, kl_base="adv", **CH5_LAMBDA)
+    ),
+    "ch5_mart": _ch5(dict(name="mart", attack=CH5_PGD, beta=5.0, variant="thesis", kl_base="adv")),
+    "ch5_udr_mart": _ch5(
+        dict(name="udr_mart", attack=CH5_UDR, beta=5.0, kl_base="adv", **CH5_LAMBDA)
     ),
 }
 

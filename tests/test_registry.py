@@ -27,6 +27,7 @@ REQUIRED = {
     "attack": PGD,
     "attacks": [PGD, {"name": "fgsm", "eps": 0.05}],
     "surrogate_fn": linear_model_fn,
+    "gamma": 0.5,
 }
 
 

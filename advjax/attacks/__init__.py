@@ -53,9 +53,12 @@ from advjax.attacks.spatial import (
 from advjax.attacks.square_search import Square, square
 from advjax.attacks.surrogate import Transfer, transfer
 from advjax.attacks.udr import UDRAttack, udr
+from advjax.attacks.wrm import WRM, wrm
 
 __all__ = [
     "UDRAttack",
+    "WRM",
+    "wrm",
     "GridSearch",
     "RandomSearch",
     "SpatialAttack",

@@ -43,6 +43,7 @@ from advjax.attacks.spatial import (
 from advjax.attacks.square_search import square
 from advjax.attacks.surrogate import transfer
 from advjax.attacks.udr import udr
+from advjax.attacks.wrm import wrm
 
 ATTACKS: dict[str, Callable[..., Attack]] = {
     # Lp attacks: gradient-based, then score-based, decision-based and minimum-norm.
@@ -53,6 +54,7 @@ ATTACKS: dict[str, Callable[..., Attack]] = {
     "pgd": pgd,
     "mifgsm": mifgsm,
     "udr": udr,
+    "wrm": wrm,
     "untargeted": untargeted,
     "multitargeted": multitargeted,
     "apgd": apgd,

@@ -1,6 +1,7 @@
 """Evaluation reports: ``report.json`` (numbers + protocol of every number) and a markdown table
 in the layout of the documents' tables (one row per model, one column per attack, worst case
-last)."""
+last), then each attack's perturbation statistics (UDR document Table 5: mean ``|delta|``, mean
+Linf, fractions of pixels within 0.9, 1 and 1.1 eps; ``advjax.eval.perturbation``)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def build_report(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     acc = result.accuracy()
+    perturbation = result.perturbation_statistics()
     attacks_out = []
     for e in result.entries:
         attacks_out.append(
@@ -38,6 +40,7 @@ def build_report(
                 "accuracy": acc[e.name],
                 "violations": result.violations[e.name],
                 "protocol": e.protocol,
+                "perturbation": perturbation.get(e.name),
             }
         )
     report = {
@@ -73,6 +76,32 @@ def build_report(
 
 def _pct(v: float) -> str:
     return f"{100 * v:.2f}"
+
+
+def _perturbation_table(cols: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of Table 5's statistics, one row per attack that has them."""
+    rows = [c for c in cols if c.get("perturbation") and c["perturbation"].get("examples")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Perturbations",
+        "",
+        "delta = x_adv - x: L1 is the per-pixel mean |delta| (||delta||_1 / d), Linf the mean "
+        "over points of max |delta|, p(<= r eps) the fraction of all pixels with |delta| <= r eps "
+        "(eps per row).",
+        "",
+        "| attack | eps | L1 | Linf | p(<= 0.9 eps) | p(<= eps) | p(<= 1.1 eps) | points |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c in rows:
+        p = c["perturbation"]
+        lines.append(
+            f"| {c['label']} | {p['eps']:.6g} | {p['l1']:.4g} | {p['linf']:.4g} | "
+            f"{_pct(p['p_0.9eps'])}% | {_pct(p['p_eps'])}% | {_pct(p['p_1.1eps'])}% | "
+            f"{p['examples']} |"
+        )
+    return lines
 
 
 def markdown_table(report: dict[str, Any]) -> str:
@@ -116,6 +145,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         proto = protocol_summary(c["protocol"])
         note = f" ({c['violations']} outputs outside the threat model)" if c["violations"] else ""
         lines.append(f"- **{c['label']}** ({c['kind']}): {proto}{note}")
+    lines += _perturbation_table(cols)
     warnings = report.get("warnings")
     if warnings is not None:
         lines += ["", "## Gradient-masking checks", ""]

@@ -11,8 +11,10 @@ batches split over all devices (``jit(shard_map)``, the modern ``pmap``); per-ex
 the number of devices or the order of the attacks. A point is robust under an attack when the
 model classifies the returned ``x_adv`` correctly and the clean point too; ``x_adv`` outside the
 threat model's ball or the [0, 1] box is counted as a failed attack and reported
-(``violations``). With ``state_path`` the per-example results are saved after every batch, and a
-rerun skips the finished batches.
+(``violations``). Each attack's perturbations ``x_adv - x`` are summarised in the same pass
+(``perturbation``: Table 5's mean ``|delta|``, mean Linf and fractions of pixels within 0.9, 1 and
+1.1 eps; ``advjax.eval.perturbation``). With ``state_path`` the per-example results are saved
+after every batch, and a rerun skips the finished batches.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import numbers
 import os
 import zipfile
 import zlib
@@ -34,6 +37,7 @@ from tqdm import tqdm
 
 from advjax import validation
 from advjax.data import Dataset, eval_batches, num_eval_batches
+from advjax.eval import perturbation as perturbation_stats
 from advjax.eval.presets import Entry, ThreatSettings, resolve
 from advjax.sharding import AXIS, make_mesh, replicate, shard_batch
 
@@ -49,6 +53,10 @@ class SuiteResult:
     correct: dict[str, np.ndarray]
     violations: dict[str, int]
     evaluated: np.ndarray  # bool [N]: False for points of batches not evaluated yet
+    # Per attack (not clean): per-example perturbation statistics, perturbation.KEYS -> [N]
+    # (NaN where unknown), and the eps the fractions refer to.
+    perturbation: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+    perturbation_eps: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def num_examples(self) -> int:
@@ -72,6 +80,17 @@ class SuiteResult:
         out["worst_case"] = float(self.worst_case[self.evaluated].sum() / count)
         return out
 
+    def perturbation_statistics(self) -> dict[str, dict[str, float]]:
+        """Per attack: Table 5's statistics of ``x_adv - x`` over the evaluated points
+        (``advjax.eval.perturbation.summarize``) and the ``eps`` of the fractions."""
+        return {
+            name: {
+                **perturbation_stats.summarize(per_example, self.evaluated),
+                "eps": self.perturbation_eps.get(name),
+            }
+            for name, per_example in self.perturbation.items()
+        }
+
 
 def _norms(delta: jax.Array) -> dict[str, jax.Array]:
     flat = delta.reshape(delta.shape[0], -1)
@@ -93,14 +112,17 @@ def _entry_outcome(
     attack,
     norm: str | None,
     eps: float | None,
+    stats_eps: float,
 ):
-    """Per-example (correct, in_bounds) on this device's shard, gathered over the mesh."""
+    """Per-example (correct, in_bounds, perturbation statistics of ``x_adv - x`` with the
+    fractions relative to ``stats_eps``) on this device's shard, gathered over the mesh."""
     x, y = batch["image"], batch["label"]
     per_device = y.shape[0]
     index = offset + jax.lax.axis_index(AXIS) * per_device + jnp.arange(per_device)
     clean = jnp.argmax(model_fn(variables, x), -1) == y
     if attack is None:
         correct, in_bounds = clean, jnp.ones_like(clean)
+        x_adv = x
     else:
         keys = jax.vmap(jax.random.fold_in, (None, 0))(key, index)
         x_adv = attack(model_fn, variables, x, y, keys)
@@ -112,15 +134,22 @@ def _entry_outcome(
         # An out-of-bounds x_adv is not a valid attack: the point keeps its clean outcome.
         fooled = (jnp.argmax(model_fn(variables, x_adv), -1) != y) & in_bounds
         correct = clean & ~fooled
+    stats = perturbation_stats.per_example_statistics(x_adv, x, stats_eps)
     gather = functools.partial(jax.lax.all_gather, axis_name=AXIS, tiled=True)
-    return gather(correct), gather(in_bounds)
+    return gather(correct), gather(in_bounds), jax.tree.map(gather, stats)
 
 
 @functools.cache
-def _sharded_outcome(model_fn, attack, norm, eps, mesh: Mesh):
-    fn = functools.partial(_entry_outcome, model_fn=model_fn, attack=attack, norm=norm, eps=eps)
+def _sharded_outcome(model_fn, attack, norm, eps, mesh: Mesh, stats_eps: float = 0.0):
+    fn = functools.partial(
+        _entry_outcome, model_fn=model_fn, attack=attack, norm=norm, eps=eps, stats_eps=stats_eps
+    )
     mapped = jax.shard_map(
-        fn, mesh=mesh, in_specs=(P(), P(AXIS), P(), P()), out_specs=(P(), P()), check_vma=False
+        fn,
+        mesh=mesh,
+        in_specs=(P(), P(AXIS), P(), P()),
+        out_specs=(P(), P(), P()),
+        check_vma=False,
     )
     return jax.jit(mapped)
 
@@ -136,6 +165,11 @@ class _State:
         self.path, self.fingerprint = path, json.dumps(fingerprint, sort_keys=True, default=str)
         self.correct = {name: np.zeros(n, bool) for name in names}
         self.in_bounds = {name: np.ones(n, bool) for name in names}
+        # NaN: not measured (also the points of a state file written before these statistics).
+        self.perturbation = {
+            name: {k: np.full(n, np.nan, np.float32) for k in perturbation_stats.KEYS}
+            for name in names
+        }
         self.done = np.zeros(batches, bool)
         if path and os.path.exists(path):
             self._load()
@@ -154,6 +188,9 @@ class _State:
                 for name in self.correct:
                     self.correct[name] = f[f"correct/{name}"].copy()
                     self.in_bounds[name] = f[f"in_bounds/{name}"].copy()
+                    for k in perturbation_stats.KEYS:
+                        if f"perturbation/{name}/{k}" in f.files:
+                            self.perturbation[name][k] = f[f"perturbation/{name}/{k}"].copy()
         except (OSError, KeyError, zipfile.BadZipFile) as e:
             raise ValueError(f"evaluation state {self.path} is unreadable ({e}); delete it") from e
 
@@ -164,6 +201,8 @@ class _State:
         for name in self.correct:
             arrays[f"correct/{name}"] = self.correct[name]
             arrays[f"in_bounds/{name}"] = self.in_bounds[name]
+            for k, values in self.perturbation[name].items():
+                arrays[f"perturbation/{name}/{k}"] = values
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         tmp = f"{self.path}.tmp.npz"
         np.savez(tmp, **arrays)
@@ -240,6 +279,7 @@ def evaluate_suite(
             e.protocol.get("norm") if e.bounded and e.attack is not None else None,
             e.protocol.get("eps") if e.bounded and e.attack is not None else None,
             mesh,
+            _stats_eps(e, settings),
         )
         for e in entries
     }
@@ -256,11 +296,13 @@ def evaluate_suite(
         lo, hi = b * batch_size, min((b + 1) * batch_size, n)
         for e in entries:
             bar.set_postfix_str(e.label)
-            correct, in_bounds = jax.device_get(
+            correct, in_bounds, stats = jax.device_get(
                 steps[e.name](variables, sharded, _entry_key(key, e.name), jnp.int32(lo))
             )
             state.correct[e.name][lo:hi] = np.asarray(correct)[: hi - lo]
             state.in_bounds[e.name][lo:hi] = np.asarray(in_bounds)[: hi - lo]
+            for k, values in stats.items():
+                state.perturbation[e.name][k][lo:hi] = np.asarray(values)[: hi - lo]
             bar.update(1)
         state.done[b] = True
         state.save()
@@ -271,4 +313,14 @@ def evaluate_suite(
         correct=state.correct,
         violations={name: int((~state.in_bounds[name]).sum()) for name in names},
         evaluated=np.repeat(state.done, batch_size)[:n],
+        perturbation={e.name: state.perturbation[e.name] for e in entries if e.attack is not None},
+        perturbation_eps={e.name: _stats_eps(e, settings) for e in entries if e.attack is not None},
     )
+
+
+def _stats_eps(entry: Entry, settings: ThreatSettings) -> float:
+    """The eps of an entry's perturbation fractions: its own (its lp bound, or its attack's
+    ``eps`` for unbounded attacks such as UDR's soft ball), else the suite's."""
+    eps = entry.protocol.get("eps")
+    ok = isinstance(eps, numbers.Real) and not isinstance(eps, bool)
+    return float(eps) if ok else float(settings.eps)
