@@ -106,6 +106,23 @@ def _ch5(defense: dict) -> dict:
     return common.merge(CH5, dict(defense=defense))
 
 
+# Thesis Ch. 5 Tables 4 and 7 (spec Sec. 4.4, 5.2, 5.5; the released code's WRN-34-10 recipe):
+# robust-only CE (PGD-AT*, UDR-PGD*), the code's UDR adversary (squared hinge, tau = eta, lambda
+# from the per-pixel mean |delta|, lr 0.02 every 10 steps) and AWP (gamma 0.01, no warm-up).
+# SGD lr 0.1 divided by 10 at epochs 100 and 150, weight decay 5e-4, batch 128, 200 epochs.
+CH5_WRN_UDR = dict(name="udr", eps=EPS, step_size=2 / 255, steps=10)
+CH5_WRN = dict(
+    model=dict(name="wide_resnet", depth=34, width=10),
+    train=dict(epochs=200, schedule="piecewise", learning_rate=0.1, weight_decay=5e-4),
+    validation=dict(attack=dict(name="pgd", eps=EPS, step_size=2 / 255, steps=20)),
+    evaluate=dict(suite="clean,pgd100,aa_standard"),
+)
+
+
+def _ch5_wrn(defense: dict) -> dict:
+    return common.merge(CH5_WRN, dict(defense=defense))
+
+
 VARIANTS: dict[str, dict] = {
     "natural": dict(defense=dict(name="natural"), validation=dict(metric="val_clean_accuracy")),
     "fast_at": dict(
@@ -128,6 +145,11 @@ VARIANTS: dict[str, dict] = {
     "ch5_udr_mart": _ch5(
         dict(name="udr_mart", attack=CH5_UDR, beta=5.0, kl_base="adv", **CH5_LAMBDA)
     ),
+    # Thesis Ch. 5, Tables 4 and 7 (WRN-34-10; see CH5_WRN above).
+    "ch5_wrn_pgd_at": _ch5_wrn(dict(name="pgd_at", attack=CH5_PGD)),
+    "ch5_wrn_udr_pgd": _ch5_wrn(dict(name="udr_pgd", attack=CH5_WRN_UDR, clean_weight=0.0)),
+    "ch5_wrn_awp_at": _ch5_wrn(dict(name="awp_at", attack=CH5_PGD, gamma=0.01)),
+    "ch5_wrn_udr_awp_at": _ch5_wrn(dict(name="udr_awp_at", attack=CH5_WRN_UDR, gamma=0.01)),
 }
 
 

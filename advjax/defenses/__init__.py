@@ -10,7 +10,8 @@
 live in the factory signatures only. Nested attack specs (a dict with a ``name``, a list or a
 ``{view: spec}`` mapping of them) are built with ``advjax.attacks.build``; an attack spec without
 a ``loss`` gets the one the defense needs (the KL of ``kl_base`` for TRADES-style adversaries).
-``eps_warmup_epochs`` becomes ``eps_warmup_steps`` with ``steps_per_epoch``.
+``eps_warmup_epochs`` becomes ``eps_warmup_steps`` with ``steps_per_epoch`` (and
+``awp_warmup_epochs`` ``awp_warmup_steps``, for ``awp_at`` / ``udr_awp_at``).
 ``adversary_bn_mode="train"`` generates every adversary with BatchNorm in training mode (batch
 statistics, running averages untouched; thesis spec Sec. 8.5 and 9.8 item 10) instead of
 inference mode.
@@ -29,6 +30,7 @@ from typing import Any
 
 from advjax import attacks
 from advjax.defenses import terms
+from advjax.defenses.awp import AWP, awp_at, with_awp
 from advjax.defenses.core import (
     Adversary,
     Defense,
@@ -38,6 +40,7 @@ from advjax.defenses.core import (
     StepContext,
     Views,
     WarmupScaled,
+    WeightPerturbation,
     check_choice,
     for_model,
 )
@@ -61,7 +64,7 @@ from advjax.defenses.published import (
 )
 from advjax.defenses.state import MovingAverage
 from advjax.defenses.terms import kl_attack_loss, kl_term
-from advjax.defenses.udr import learned_lambda, udr_mart, udr_pgd, udr_trades
+from advjax.defenses.udr import learned_lambda, udr_awp_at, udr_mart, udr_pgd, udr_trades
 from advjax.defenses.udr_state import LambdaFromState, UDRLambda, udr_lambda
 
 DEFENSES: dict[str, Callable[..., Defense]] = {
@@ -85,6 +88,8 @@ DEFENSES: dict[str, Callable[..., Defense]] = {
     "udr_pgd": udr_pgd,
     "udr_trades": udr_trades,
     "udr_mart": udr_mart,
+    "awp_at": awp_at,
+    "udr_awp_at": udr_awp_at,
 }
 
 
@@ -140,10 +145,12 @@ def build(spec: Mapping[str, Any], steps_per_epoch: int = 1) -> Defense:
     if name not in DEFENSES:
         raise ValueError(f"unknown defense {name!r}; valid defenses: {', '.join(DEFENSES)}")
     factory = DEFENSES[name]
-    if "eps_warmup_epochs" in kwargs:
-        if "eps_warmup_steps" in kwargs:
-            raise ValueError("give eps_warmup_epochs or eps_warmup_steps, not both")
-        kwargs["eps_warmup_steps"] = int(kwargs.pop("eps_warmup_epochs") * steps_per_epoch)
+    for warmup in ("eps_warmup", "awp_warmup"):
+        if f"{warmup}_epochs" in kwargs:
+            if f"{warmup}_steps" in kwargs:
+                raise ValueError(f"give {warmup}_epochs or {warmup}_steps, not both")
+            epochs = kwargs.pop(f"{warmup}_epochs")
+            kwargs[f"{warmup}_steps"] = int(epochs * steps_per_epoch)
     bn_mode = kwargs.pop("adversary_bn_mode", "inference")
     check_choice("adversary_bn_mode", bn_mode, ("inference", "train"))
     valid = inspect.signature(factory).parameters
@@ -164,6 +171,7 @@ def build(spec: Mapping[str, Any], steps_per_epoch: int = 1) -> Defense:
 
 
 __all__ = [
+    "AWP",
     "DEFENSES",
     "Adversary",
     "Defense",
@@ -177,10 +185,12 @@ __all__ = [
     "UDRLambda",
     "Views",
     "WarmupScaled",
+    "WeightPerturbation",
     "atlas",
     "atlas_g",
     "atlas_l",
     "ave_at",
+    "awp_at",
     "build",
     "for_model",
     "jac",
@@ -201,8 +211,10 @@ __all__ = [
     "terms",
     "trades",
     "trades_jac",
+    "udr_awp_at",
     "udr_lambda",
     "udr_mart",
     "udr_pgd",
     "udr_trades",
+    "with_awp",
 ]

@@ -26,6 +26,10 @@ A defense is a frozen dataclass, called inside the jitted train step::
 * **State** (``StateRule``): a pytree carried in ``TrainState.defense_state``; the defense returns
   per-device ``statistics``, which the train step averages over every device of every host
   (``lax.pmean``) before ``update_state`` (inside the jitted step, checkpointed with the state).
+* **Weight perturbation** (``WeightPerturbation``, e.g. AWP, ``advjax.defenses.awp``): after the
+  adversaries, at the unperturbed weights ``w``, it returns ``delta``; the views' passes then run
+  at ``w + stop_gradient(delta)``, so the gradient computed at the perturbed weights is applied to
+  ``w`` (Wu et al. 2020). Its objective's terms may read any view of the defense.
 
 Randomness: ``keys`` holds one key per example. The first adversary uses them as they are, the
 ``i``-th one ``fold_in(keys, ADVERSARY_KEY + i)``; Jacobian projections use
@@ -33,12 +37,13 @@ Randomness: ``keys`` holds one key per example. The first adversary uses them as
 
 ``aux`` is ``{"batch_stats", "metrics", "statistics"}``. Metrics: ``{view}_accuracy`` (on the
 labeled rows, true labels) for each view, ``{term}_loss`` (unweighted) for each term,
-``{term}_weight`` for weights that vary, each monitor under its name, and ``labeled_fraction``
-when the batch carries a ``labeled`` mask.
+``{term}_weight`` for weights that vary, each monitor under its name, ``labeled_fraction``
+when the batch carries a ``labeled`` mask, and the weight perturbation's (``awp_relative_norm``).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -168,6 +173,26 @@ class StateRule(Protocol):
     def update(self, state: Any, statistics: Any) -> Any: ...
 
 
+class WeightPerturbation(Protocol):
+    """A perturbation ``delta`` of the parameters the views' passes run at (AWP, Wu et al. 2020;
+    ``advjax.defenses.awp.AWP``).
+
+    Called once per step after the adversaries are generated, with the unperturbed ``variables``
+    and the ``views`` (inputs set, no passes yet; ``views.at`` runs passes at other weights):
+    ``perturbation(model, variables, views, context) -> (delta, metrics)``, ``delta`` a pytree
+    like ``variables["params"]`` (None: no perturbation). The passes then use
+    ``params + stop_gradient(delta)``: ``delta`` is a constant for the parameter gradient.
+    ``terms`` is its objective (terms of the defense's views), whose views are generated even
+    when no term of the defense reads them.
+    """
+
+    terms: tuple[Any, ...]
+
+    def __call__(
+        self, model: nn.Module, variables: Any, views: Views, context: StepContext
+    ) -> tuple[Any, dict[str, jax.Array]]: ...
+
+
 # ----------------------------------------------------------------------------------------------
 # Views
 
@@ -178,6 +203,18 @@ class ViewNeeds:
 
     with_vjp: bool = False
     features: tuple[str, ...] = ()
+
+
+def views_needed(terms: tuple[Any, ...]) -> dict[str, ViewNeeds]:
+    """``{view: ViewNeeds}`` for the views ``terms`` read."""
+    needed: dict[str, ViewNeeds] = {}
+    for term in terms:
+        requested = dict(getattr(term, "features", ()) or ())
+        for view in term.views:
+            old = needed.get(view, ViewNeeds())
+            features = tuple(dict.fromkeys((*old.features, *requested.get(view, ()))))
+            needed[view] = ViewNeeds(old.with_vjp or view in term.jacobian_views, features)
+    return needed
 
 
 class _Pass:
@@ -208,6 +245,7 @@ class Views:
         keys: jax.Array,
         ramp: Any,
         state: Any = None,
+        step: Any = 0,
     ):
         x, y = batch["image"], batch["label"]
         labeled = batch.get("labeled")
@@ -221,10 +259,13 @@ class Views:
         self._clean_inference: jax.Array | None = None
         self._jacobians: dict[tuple[str, int], jax.Array] = {}
         needed = defense.needed_views()
+        perturbation = defense.weight_perturbation
+        generated = {*needed, *(views_needed(perturbation.terms) if perturbation else ())}
+        self._order = (CLEAN, *(a.name for a in defense.adversaries))
 
         self.inputs = {CLEAN: x}
         for i, adversary in enumerate(defense.adversaries):
-            if adversary.name not in needed:
+            if adversary.name not in generated:
                 continue
             attack = adversary.attack
             if adversary.from_state is not None:
@@ -242,17 +283,42 @@ class Views:
             x_adv = attack(model_fn, variables, x, target, attack_keys)
             self.inputs[adversary.name] = jax.lax.stop_gradient(x_adv)
 
-        self._passes: dict[str, _Pass] = {}
+        # The weight perturbation, after the adversaries (generated at the unperturbed weights).
+        self.perturbation_metrics: dict[str, jax.Array] = {}
+        if perturbation is not None:
+            context = StepContext(step=step, ramp=ramp, state=state)
+            delta, self.perturbation_metrics = perturbation(model, variables, self, context)
+            if delta is not None:
+                params = jax.tree.map(
+                    lambda w, d: w + jax.lax.stop_gradient(d).astype(w.dtype),
+                    variables["params"],
+                    delta,
+                )
+                variables = {**variables, "params": params}
+        self._passes, self.batch_stats = self._run_passes(model, variables, needed)
+
+    def _run_passes(
+        self, model: nn.Module, variables: Any, needed: dict[str, ViewNeeds]
+    ) -> tuple[dict[str, _Pass], Any]:
+        passes: dict[str, _Pass] = {}
         batch_stats: Any = {}
-        for name in (CLEAN, *(a.name for a in defense.adversaries)):
+        for name in self._order:
             if name not in needed:
                 continue
             pass_variables = variables
             if batch_stats:  # chain the running statistics through the passes
                 pass_variables = {**variables, "batch_stats": batch_stats}
-            self._passes[name] = _Pass(model, pass_variables, self.inputs[name], needed[name])
-            batch_stats = self._passes[name].batch_stats
-        self.batch_stats = batch_stats
+            passes[name] = _Pass(model, pass_variables, self.inputs[name], needed[name])
+            batch_stats = passes[name].batch_stats
+        return passes, batch_stats
+
+    def at(self, model: nn.Module, variables: Any, needed: dict[str, ViewNeeds]) -> Views:
+        """These views (same inputs, adversaries, labels) with the training-mode passes of
+        ``needed`` run at other ``variables`` (a weight perturbation's proxy objective)."""
+        other = copy.copy(self)
+        other._jacobians = {}
+        other._passes, other.batch_stats = other._run_passes(model, variables, needed)
+        return other
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -322,6 +388,8 @@ class Defense:
         terms may read every member's outputs, e.g. the ``member_logits`` feature); False (the
         default) trains each member on its own with this defense (``IndependentMembers``).
       name: a label for messages.
+      weight_perturbation: the parameters' perturbation the views' passes run at
+        (``WeightPerturbation``, e.g. ``advjax.defenses.awp.with_awp``), or None.
     """
 
     terms: tuple[Any, ...]
@@ -331,6 +399,7 @@ class Defense:
     state_rule: StateRule | None = None
     couples_members: bool = False
     name: str = "defense"
+    weight_perturbation: WeightPerturbation | None = None
 
     def __post_init__(self):
         if int(self.eps_warmup_steps) != self.eps_warmup_steps:
@@ -342,7 +411,7 @@ class Defense:
         if len(set(names)) != len(names):
             raise ValueError(f"adversary names must be unique, got {names}")
         valid = (CLEAN, *names)
-        for term in (*self.terms, *self.monitors):
+        for term in (*self.terms, *self.monitors, *self._perturbation_terms):
             for view in term.views:
                 if view not in valid:
                     raise ValueError(
@@ -358,21 +427,20 @@ class Defense:
         return tuple(a.attack for a in self.adversaries)
 
     @property
+    def _perturbation_terms(self) -> tuple[Any, ...]:
+        return () if self.weight_perturbation is None else tuple(self.weight_perturbation.terms)
+
+    @property
     def supports_unlabeled(self) -> bool:
-        """True when no term reads the true label of an unlabeled example (RT, SRT), so the
-        training loop may give it batches with a ``labeled`` mask."""
-        return not any(term.reads_unlabeled_labels for term in self.terms)
+        """True when no term (nor the weight perturbation's objective) reads the true label of
+        an unlabeled example (RT, SRT), so the training loop may give it batches with a
+        ``labeled`` mask."""
+        terms = (*self.terms, *self._perturbation_terms)
+        return not any(term.reads_unlabeled_labels for term in terms)
 
     def needed_views(self) -> dict[str, ViewNeeds]:
         """``{view: ViewNeeds}`` for the views some term or monitor reads."""
-        needed: dict[str, ViewNeeds] = {}
-        for term in (*self.terms, *self.monitors):
-            requested = dict(getattr(term, "features", ()) or ())
-            for view in term.views:
-                old = needed.get(view, ViewNeeds())
-                features = tuple(dict.fromkeys((*old.features, *requested.get(view, ()))))
-                needed[view] = ViewNeeds(old.with_vjp or view in term.jacobian_views, features)
-        return needed
+        return views_needed((*self.terms, *self.monitors))
 
     def ramp(self, step: Any) -> Any:
         """The epsilon warm-up factor ``eps_t / eps = min(1, step / eps_warmup_steps)``."""
@@ -399,9 +467,9 @@ class Defense:
     ) -> tuple[jax.Array, dict[str, Any]]:
         state = self.init_state() if state is None else state
         context = StepContext(step=step, ramp=self.ramp(step), state=state)
-        views = Views(self, model, variables, batch, keys, context.ramp, state)
+        views = Views(self, model, variables, batch, keys, context.ramp, state, step)
 
-        metrics: dict[str, jax.Array] = {}
+        metrics: dict[str, jax.Array] = dict(views.perturbation_metrics)
         for view in views.names:
             correct = (jnp.argmax(views.logits(view), -1) == views.labels).astype(jnp.float32)
             metrics[f"{view}_accuracy"] = views.mean(correct, "labeled")

@@ -11,6 +11,8 @@ so each keeps its counterpart's loss exactly (spec Sec. 5.1-5.4):
 * ``udr_trades``: ``CE(f(x), y) + beta KL(f(x^a), f(x))``, the attack maximising the KL.
 * ``udr_mart``: the thesis's MART (Eq. 7, P9-P10): ``BCE(f(x), y) + beta (1 - p_y(x))
   KL(f(x^a), f(x))``, the attack maximising the KL.
+* ``udr_awp_at``: AWP-AT (``advjax.defenses.awp``, Sec. 5.5): ``CE(f_{w + gamma v}(x^a), y)``,
+  ``x^a`` the UDR attack's (maximising the CE) at the unperturbed weights ``w``.
 
 The attack must be a UDR attack (``{"name": "udr", ...}`` in a spec); ``beta = 1`` on MNIST.
 The ``lambda`` options (``statistic``, ``lambda_learning_rate``, ``lambda_period``, ``lam_max``)
@@ -23,6 +25,7 @@ import dataclasses
 
 from advjax.attacks import Attack
 from advjax.attacks.udr import UDRAttack
+from advjax.defenses.awp import awp_at
 from advjax.defenses.core import Defense
 from advjax.defenses.published import mart, pgd_at, trades
 from advjax.defenses.udr_state import LambdaFromState, bind_lambda, udr_lambda
@@ -83,6 +86,29 @@ def udr_pgd(
     return learned_lambda(
         base,
         name="udr_pgd",
+        statistic=statistic,
+        lambda_learning_rate=lambda_learning_rate,
+        lambda_period=lambda_period,
+        lam_max=lam_max,
+    )
+
+
+def udr_awp_at(
+    attack: Attack,
+    gamma: float = 0.01,
+    awp_warmup_steps: int = 0,
+    eps_warmup_steps: int = 0,
+    statistic: str = "mean_abs",
+    lambda_learning_rate: float = 0.02,
+    lambda_period: int = 10,
+    lam_max: float | None = None,
+) -> Defense:
+    """UDR-AWP-AT (spec Sec. 5.5): ``learned_lambda(awp_at(attack))``, the UDR attack at the
+    unperturbed weights, the CE at ``w + gamma v``."""
+    base = awp_at(attack, gamma, awp_warmup_steps, eps_warmup_steps)
+    return learned_lambda(
+        base,
+        name="udr_awp_at",
         statistic=statistic,
         lambda_learning_rate=lambda_learning_rate,
         lambda_period=lambda_period,
