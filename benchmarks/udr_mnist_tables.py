@@ -12,15 +12,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# (variant, our label, the thesis's row, the standard counterpart's label or None)
 METHODS = (
-    ("ch5_pgd_at", "PGD-AT"),
-    ("ch5_udr_pgd", "UDR-PGD"),
-    ("ch5_trades", "TRADES"),
-    ("ch5_udr_trades", "UDR-TRADES"),
-    ("ch5_mart", "MART"),
-    ("ch5_udr_mart", "UDR-MART"),
+    ("ch5_pgd_at", "PGD-AT", "PGD-AT", None),
+    ("ch5_udr_pgd", "UDR-PGD", "UDR-PGD", "PGD-AT"),
+    ("ch5_udr_pgd_box", "UDR-PGD (box)", "UDR-PGD", "PGD-AT"),
+    ("ch5_trades", "TRADES", "TRADES", None),
+    ("ch5_udr_trades", "UDR-TRADES", "UDR-TRADES", "TRADES"),
+    ("ch5_udr_trades_box", "UDR-TRADES (box)", "UDR-TRADES", "TRADES"),
+    ("ch5_mart", "MART", "MART", None),
+    ("ch5_udr_mart", "UDR-MART", "UDR-MART", "MART"),
+    ("ch5_wrm", "WRM", "WRM", None),
 )
 # spec thesis_ch5_6.md Sec. 8: Table 1 (MNIST: Nat, PGD-200, AA, B&B) and Table 2 (PGD-200 at eps).
 THESIS_TABLE1 = {
@@ -30,6 +37,7 @@ THESIS_TABLE1 = {
     "UDR-TRADES": (99.4, 96.9, 92.2, 95.2),
     "MART": (99.3, 94.7, 90.6, 92.9),
     "UDR-MART": (99.3, 96.0, 92.3, 94.4),
+    "WRM": (91.8, 27.1, 4.5, 8.2),  # Table 9
 }
 EPS = ("0.3", "0.325", "0.35", "0.375", "0.4", "0.425")
 THESIS_TABLE2 = {
@@ -40,6 +48,8 @@ THESIS_TABLE2 = {
     "MART": (94.7, 66.1, 9.4, 0.9, 0.2, 0.1),
     "UDR-MART": (96.0, 95.0, 94.1, 92.8, 88.8, 37.7),
 }
+THESIS_LABEL = {label: thesis for _, label, thesis, _ in METHODS}
+COUNTERPART = {label: base for _, label, _, base in METHODS}
 
 
 def _accuracy(report_dir: Path, attack: str) -> float | None:
@@ -67,8 +77,10 @@ def _lambda_trajectory(workdir: Path) -> dict | None:
 
 def collect(root: Path) -> dict:
     out = {}
-    for variant, label in METHODS:
+    for variant, label, _, _ in METHODS:
         w = root / variant
+        if not w.exists():
+            continue
         row = {
             "nat": _accuracy(w / "eval_main", "clean"),
             "pgd200": _accuracy(w / "eval_main", "pgd200"),
@@ -82,6 +94,48 @@ def collect(root: Path) -> dict:
     return out
 
 
+def training_adversary_statistics(root: Path, data_dir: str | None, num_examples: int) -> dict:
+    """Table 5 for each UDR model: its training adversary (the UDR attack at the full eps) on
+    the first test points, at lambda_0 = 1 and at the learned lambda of the last step, against
+    PGD-40 (the counterparts' adversary); ``advjax.eval.perturbation_statistics``."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from parity_torchattacks import load_model
+
+    from advjax import attacks, defenses
+    from advjax.eval import perturbation_statistics
+
+    out = {}
+    for variant, label, _, base in METHODS:
+        w = root / variant
+        traj = _lambda_trajectory(w)
+        if base is None or traj is None or not (w / "best").exists():
+            continue
+        config, model_fn, variables, _, test = load_model(str(w), "best", num_examples, data_dir)
+        attack = defenses.build(config.defense.to_dict()).adversaries[0].attack
+        pgd = attacks.pgd(
+            attack.eps, attack.step_size, attack.steps, loss=attack.loss, keep_best=False
+        )
+        x = jnp.asarray(test.images.astype(np.float32) / 255.0)
+        y = jnp.asarray(test.labels.astype(np.int32))
+        if attack.loss != "ce":  # TRADES/MART adversaries: KL to the clean prediction
+            y = model_fn(variables, x)
+        eps, key = attack.eps, jax.random.key(0)
+        rows = {
+            "PGD-40": pgd,
+            "lambda_0 = 1": attack.with_lambda(1.0),
+            f"learned lambda = {traj['last']:.3f}": attack.with_lambda(traj["last"]),
+        }
+        out[label] = {}
+        for name, a in rows.items():
+            run = jax.jit(lambda v, x, y, k, a=a, f=model_fn: a(f, v, x, y, k))
+            x_adv = run(variables, x, y, key)
+            stats = perturbation_statistics(x_adv, x, eps)
+            out[label][name] = {k: float(v) for k, v in stats.items()}
+    return out
+
+
 def _f(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
@@ -92,7 +146,7 @@ def markdown(rows: dict) -> str:
         "|---|---:|---:|---:|---:|---|",
     ]
     for label, r in rows.items():
-        thesis = " / ".join(f"{v:.1f}" for v in THESIS_TABLE1[label])
+        thesis = " / ".join(f"{v:.1f}" for v in THESIS_TABLE1[THESIS_LABEL[label]])
         lines.append(
             f"| {label} | {_f(r['nat'])} | {_f(r['pgd200'])} | {_f(r['aa'])} | {_f(r['bb'])} "
             f"| {thesis} |"
@@ -100,19 +154,21 @@ def markdown(rows: dict) -> str:
     lines += ["", "PGD-200 at each eps (ours; the thesis's Table 2 below each row):", ""]
     lines.append("| method | " + " | ".join(EPS) + " | Avg gain |")
     lines.append("|---|" + "---:|" * (len(EPS) + 1))
-    labels = list(rows)
-    for i, label in enumerate(labels):
+    for label in rows:
         ours = [rows[label]["eps_sweep"].get(e) for e in EPS]
+        base_label = COUNTERPART[label]
         gain = "-"
-        if i % 2 == 1:  # a UDR method: average gain over its counterpart (Table 2's Avg)
-            base = [rows[labels[i - 1]]["eps_sweep"].get(e) for e in EPS]
+        if base_label in rows:  # a UDR method: average gain over its counterpart (Table 2's Avg)
+            base = [rows[base_label]["eps_sweep"].get(e) for e in EPS]
             if all(v is not None for v in ours + base):
                 gain = f"{sum(a - b for a, b in zip(ours, base, strict=True)) / len(EPS):+.2f}"
         lines.append(f"| {label} | " + " | ".join(_f(v) for v in ours) + f" | {gain} |")
-        thesis = THESIS_TABLE2[label]
+        thesis = THESIS_TABLE2.get(THESIS_LABEL[label])
+        if thesis is None:
+            continue
         t_gain = "-"
-        if i % 2 == 1:
-            base = THESIS_TABLE2[labels[i - 1]]
+        if base_label is not None:
+            base = THESIS_TABLE2[base_label]
             t_gain = f"{sum(a - b for a, b in zip(thesis, base, strict=True)) / len(EPS):+.2f}"
         lines.append(
             "| *thesis* | " + " | ".join(f"*{v:.1f}*" for v in thesis) + f" | *{t_gain}* |"
@@ -130,13 +186,37 @@ def markdown(rows: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def table5_markdown(table5: dict, num_examples: int) -> str:
+    lines = [
+        f"Training adversaries on the first {num_examples} test points (Table 5's statistics; "
+        "L1 is the per-pixel mean |delta|, L_inf the mean per-example max):",
+        "",
+        "| model | adversary | L1 | L_inf | p(<= 0.9 eps) | p(<= eps) | p(<= 1.1 eps) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, by_attack in table5.items():
+        for name, st in by_attack.items():
+            lines.append(
+                f"| {label} | {name} | {st['l1']:.4f} | {st['linf']:.4f} | "
+                f"{100 * st['p_0.9eps']:.1f}% | {100 * st['p_eps']:.1f}% | "
+                f"{100 * st['p_1.1eps']:.1f}% |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--root", default="workdirs/ch5")
     p.add_argument("--output", default=None)
+    p.add_argument("--data_dir", default=None)
+    p.add_argument("--table5_examples", type=int, default=500, help="0: skip Table 5")
     args = p.parse_args(argv)
     rows = collect(Path(args.root))
     text = markdown(rows)
+    if args.table5_examples:
+        table5 = training_adversary_statistics(Path(args.root), args.data_dir, args.table5_examples)
+        rows["_table5"] = table5
+        text += "\n" + table5_markdown(table5, args.table5_examples)
     print(text)
     if args.output:
         Path(args.output).with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
