@@ -480,3 +480,25 @@ def test_udr_defenses_equal_their_standard_counterparts_in_the_hard_ball_limit()
         assert float(aux["metrics"]["udr_lambda"]) == 1.0
     with pytest.raises(ValueError, match="UDR attack"):
         defenses.build({"name": "udr_pgd", "attack": pgd_spec})
+
+
+def test_overfit_monitor_gives_a_kl_adversary_the_clean_logits():
+    """The training loop's Jacobian monitor runs the defense's first adversary on validation
+    images; a TRADES-style (KL) UDR adversary must get the clean logits, not the labels (the
+    ``Adversary.target`` of the defense), as in the step."""
+    from advjax import defenses
+    from advjax.train import monitor
+
+    model = _Tiny()
+    variables = init_variables(model, jax.random.key(0), (4, 4, 1))
+    defense = defenses.build(
+        {"name": "udr_trades", "attack": {"name": "udr", "eps": 0.3, "step_size": 0.1, "steps": 2}}
+    )
+    assert defense.adversaries[0].target == "clean_logits"
+    x = np.asarray(jax.random.uniform(jax.random.key(1), (4, 4, 4, 1)))
+    y = np.arange(4) % 3
+    args = (model, variables, x, y, defense.attacks[0], jax.random.key(2))
+    value = monitor.jacobian_norm_at_adversary(*args, target="clean_logits")
+    assert np.isfinite(value) and value > 0
+    with pytest.raises(ValueError, match="shapes"):  # labels are not logits
+        monitor.jacobian_norm_at_adversary(*args)

@@ -382,6 +382,10 @@ class _OverfitMonitor:
         )
         self.seed, self.model, self.defense = config.seed, model, defense
         self.attack = defense.attacks[0] if defense.attacks else None
+        adversaries = getattr(defense, "adversaries", None) or getattr(
+            getattr(defense, "defense", None), "adversaries", ()
+        )
+        self.target = adversaries[0].target if adversaries else "labels"
         num = min(int(vc.get("jac_examples", 100)), len(val_ds)) if val_ds is not None else 0
         subset = val_ds.take(np.arange(num)) if num else None
         self.jac_batch = (
@@ -430,6 +434,7 @@ class _OverfitMonitor:
                 self.attack,
                 jax.random.fold_in(jax.random.key(self.seed + 2), step),
                 budget_scale=float(self.defense.ramp(step - 1)) if warmup else None,
+                target=self.target,
             )
             out["val_jac_norm"] = jac
         self.jac_sum, self.jac_steps = None, 0

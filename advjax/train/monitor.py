@@ -34,7 +34,7 @@ def jacobian_norm_sq(model_fn: Any, variables: Any, x: jax.Array, key: jax.Array
 
 
 @functools.cache
-def _jac_at_adversary(model: nn.Module, attack: Any, scaled: bool):
+def _jac_at_adversary(model: nn.Module, attack: Any, scaled: bool, target: str):
     model_fn = make_model_fn(model)
 
     @jax.jit
@@ -44,6 +44,9 @@ def _jac_at_adversary(model: nn.Module, attack: Any, scaled: bool):
             x_adv = x
         else:
             adversary = attack.scaled(budget_scale) if scaled else attack
+            if target != "labels":  # what the defense's adversary gets (``Adversary.target``)
+                logits = jax.lax.stop_gradient(model_fn(variables, x))
+                y = logits if target == "clean_logits" else jnp.argmax(logits, -1)
             x_adv = adversary(model_fn, variables, x, y, jax.random.split(attack_key, x.shape[0]))
         return jnp.mean(jacobian_norm_sq(model_fn, variables, x_adv, proj_key))
 
@@ -58,12 +61,15 @@ def jacobian_norm_at_adversary(
     attack: Any,
     key: jax.Array,
     budget_scale: float | None = None,
+    target: str = "labels",
 ) -> float:
     """Mean ``||J(x')||_F^2`` estimate at ``x' = attack(x)`` (``x`` itself without an attack).
 
-    ``budget_scale`` multiplies the attack's budget (epsilon warm-up) without recompiling.
+    ``budget_scale`` multiplies the attack's budget (epsilon warm-up) without recompiling;
+    ``target`` is what the attack gets as ``y`` (``Adversary.target``: ``"labels"``,
+    ``"clean_logits"`` for a KL attack, ``"predicted"``).
     """
-    run = _jac_at_adversary(model, attack, budget_scale is not None)
+    run = _jac_at_adversary(model, attack, budget_scale is not None, target)
     scale = jnp.float32(1.0 if budget_scale is None else budget_scale)
     return float(run(variables, jnp.asarray(x), jnp.asarray(y), key, scale))
 
