@@ -16,14 +16,21 @@ advjax takes NHWC float images in [0, 1] and integer labels in [0, num_classes) 
   images and labels when it was built, and the loops check the model's classes against it.
   The setting is read when a function is traced: ``jax.jit`` caches traces by function, so an
   attack already compiled keeps the checks it was compiled with.
+
+Inputs that are not images (the toy 2-D points of UDR, tabular rows) are an explicit opt-in: an
+attack built with ``domain=Domain("features", bounds)`` (``"features"``: unbounded) is checked
+for a float batch ``[batch, ...]`` of finite values inside ``bounds`` instead of the image
+contract, and clips its iterates to ``bounds`` (not at all for ``None``) instead of [0, 1]
+(``Domain``, ``domain_of``). The default, ``IMAGES``, keeps every check above.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -52,6 +59,98 @@ def value_checks(enabled: bool) -> Iterator[None]:
 
 def is_traced(*arrays: Any) -> bool:
     return any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+# ----------------------------------------------------------------------------------------------
+# Input domains
+
+INPUT_KINDS = ("image", "features")
+
+
+@dataclasses.dataclass(frozen=True)
+class Domain:
+    """What an attack's inputs are: their kind and the box they live in.
+
+    * ``kind="image"`` (the default, ``IMAGES``): NHWC float images, with the layout checks of
+      ``advjax.models.check_images`` (rank 4, not NCHW, float dtype).
+    * ``kind="features"``: any float batch ``[batch, ...]`` of rank >= 2 (e.g. points ``[B, 2]``
+      of a toy problem, tabular rows, embeddings); no layout checks.
+
+    ``bounds``: ``(lo, hi)``, the box that inputs must lie in and that attacks clip their
+    iterates to, or ``None`` for no box (inputs need only be finite; attacks never clip).
+    ``IMAGES`` is ``Domain("image", (0.0, 1.0))``; ``FEATURES`` is ``Domain("features", None)``.
+
+    Attacks that take a domain (``pgd``, ``fgsm``, ``fgsm_rs``, ``bim``, ``mifgsm``, ``udr``)
+    accept a ``Domain``, ``"image"``, ``"features"`` (unbounded) or a dict such as
+    ``{"kind": "features", "bounds": (-5.0, 5.0)}`` (``as_domain``); every other attack, and
+    these by default, keeps the strict image contract.
+    """
+
+    kind: str = "image"
+    bounds: tuple[float, float] | None = (0.0, 1.0)
+
+    def __post_init__(self):
+        if self.kind not in INPUT_KINDS:
+            raise ValueError(
+                f"unknown input kind {self.kind!r}; valid kinds: {', '.join(INPUT_KINDS)}"
+            )
+        if self.bounds is not None:
+            try:
+                lo, hi = (float(b) for b in self.bounds)
+            except (TypeError, ValueError):
+                raise ValueError(f"bounds must be (lo, hi) or None, got {self.bounds!r}") from None
+            if not lo < hi:
+                raise ValueError(f"bounds (lo, hi) need lo < hi, got {self.bounds!r}")
+            object.__setattr__(self, "bounds", (lo, hi))
+
+
+IMAGES = Domain()
+FEATURES = Domain("features", None)
+
+
+def as_domain(spec: Any) -> Domain:
+    """A ``Domain`` from a ``Domain``, ``"image"`` (``IMAGES``), ``"features"`` (``FEATURES``:
+    unbounded) or a mapping ``{"kind": ..., "bounds": ...}`` (e.g. from a config)."""
+    if isinstance(spec, Domain):
+        return spec
+    if isinstance(spec, str):
+        named = {"image": IMAGES, "features": FEATURES}
+        if spec not in named:
+            raise ValueError(f"unknown domain {spec!r}; valid names: image, features")
+        return named[spec]
+    if hasattr(spec, "to_dict"):
+        spec = spec.to_dict()
+    if isinstance(spec, Mapping):
+        unknown = set(spec) - {"kind", "bounds"}
+        if unknown:
+            raise ValueError(f"a domain has 'kind' and 'bounds'; got {', '.join(sorted(unknown))}")
+        bounds = spec.get("bounds", IMAGES.bounds)
+        return Domain(spec.get("kind", "image"), None if bounds is None else tuple(bounds))
+    raise TypeError(
+        "domain must be a Domain, 'image', 'features' or {'kind': ..., 'bounds': ...}, got "
+        f"{type(spec).__name__}"
+    )
+
+
+def domain_of(attack: Any) -> Domain:
+    """The input domain of an attack: its ``domain``, else that of the attack(s) it wraps
+    (``attack`` / ``attacks`` fields of combinators, which must agree), else ``IMAGES``."""
+    own = getattr(attack, "domain", None)
+    if isinstance(own, Domain):
+        return own
+    inner = getattr(attack, "attack", None)
+    if inner is not None and inner is not attack:
+        return domain_of(inner)
+    parts = getattr(attack, "attacks", None)
+    if isinstance(parts, tuple | list) and parts:
+        domains = {domain_of(a) for a in parts}
+        if len(domains) > 1:
+            raise ValueError(
+                f"{type(attack).__name__} combines attacks on different input domains: "
+                f"{sorted(map(str, domains))}"
+            )
+        return domains.pop()
+    return IMAGES
 
 
 # ----------------------------------------------------------------------------------------------
@@ -109,16 +208,29 @@ def as_key(key: Any, batch: int) -> jax.Array:
 # Value checks
 
 
-def _image_problem(lo: float, hi: float, bad: int, first_bad: int) -> str | None:
+def _image_problem(
+    lo: float, hi: float, bad: int, first_bad: int, domain: Domain = IMAGES
+) -> str | None:
+    image = domain.kind == "image"
     if bad:
+        what = "pixel value(s)" if image else "value(s)"
         return (
-            f"images contain {bad} NaN or infinite pixel value(s) (first in example "
-            f"{first_bad}); clean the data or the preprocessing that produced them"
+            f"{'images' if image else 'inputs'} contain {bad} NaN or infinite {what} (first in "
+            f"example {first_bad}); clean the data or the preprocessing that produced them"
         )
-    if lo < 0.0 or hi > 1.0:
-        hint = " (uint8-range pixels: divide by 255)" if hi > 1.0 and hi <= 255.0 else ""
+    if domain.bounds is None:
+        return None
+    low, high = domain.bounds
+    if lo < low or hi > high:
+        if not image:
+            return (
+                f"inputs must lie in the domain's bounds [{low:g}, {high:g}]; got values in "
+                f"[{lo:.4g}, {hi:.4g}] (a domain with bounds=None has no box)"
+            )
+        uint8 = domain.bounds == (0.0, 1.0) and hi > 1.0 and hi <= 255.0
+        hint = " (uint8-range pixels: divide by 255)" if uint8 else ""
         return (
-            f"images must lie in [0, 1]{hint}; got values in [{lo:.4g}, {hi:.4g}] "
+            f"images must lie in [{low:g}, {high:g}]{hint}; got values in [{lo:.4g}, {hi:.4g}] "
             "(normalisation belongs inside the model)"
         )
     return None
@@ -148,8 +260,9 @@ def _image_stats(x: jax.Array) -> tuple[jax.Array, ...]:
     )
 
 
-def check_image_values(x: Any) -> None:
-    """Finite and in [0, 1]: at once on concrete ``x``, by a host callback on traced ``x``."""
+def check_image_values(x: Any, domain: Domain = IMAGES) -> None:
+    """Finite and inside ``domain.bounds`` ([0, 1] for images): at once on concrete ``x``, by a
+    host callback on traced ``x``."""
     if x.size == 0 or not jnp.issubdtype(x.dtype, jnp.floating):
         return
     if not is_traced(x):
@@ -159,11 +272,13 @@ def check_image_values(x: Any) -> None:
         first = int(np.argmax(~finite.reshape(len(values), -1).all(axis=1))) if bad else 0
         lo = float(values[finite].min()) if finite.any() else 0.0
         hi = float(values[finite].max()) if finite.any() else 0.0
-        _raise_if(_image_problem(lo, hi, bad, first))
+        _raise_if(_image_problem(lo, hi, bad, first, domain))
     elif _VALUE_CHECKS.get():
         lo, hi, bad, first = _image_stats(x)
         jax.debug.callback(
-            lambda *s: _raise_if(_image_problem(float(s[0]), float(s[1]), int(s[2]), int(s[3]))),
+            lambda *s: _raise_if(
+                _image_problem(float(s[0]), float(s[1]), int(s[2]), int(s[3]), domain)
+            ),
             lo,
             hi,
             bad,
@@ -194,23 +309,59 @@ def check_label_values(y: Any, num_classes: int | None) -> None:
 # Entry points
 
 
-def check_batch(x: Any, y: Any = None, num_classes: int | None = None) -> None:
-    """Checks a batch of NHWC images in [0, 1] and, when given, its labels (or targets).
+_FEATURES_HINT = (
+    " For inputs that are not images (e.g. points [batch, features]), build the attack with "
+    "domain='features' (unbounded) or domain=advjax.validation.Domain('features', (lo, hi))."
+)
+
+
+def check_input_shape(x: Any, domain: Domain = IMAGES) -> None:
+    """Static checks of the input batch: NHWC float images, or for ``kind="features"`` any float
+    array ``[batch, ...]`` of rank >= 2."""
+    if domain.kind == "image":
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise TypeError(
+                f"images must be an array [batch, height, width, channels], got {x!r:.80}"
+            )
+        try:
+            check_image_shape(x)
+        except ValueError as error:
+            if x.ndim == 4:
+                raise
+            raise ValueError(f"{error}{_FEATURES_HINT}") from None
+        return
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"inputs must be an array [batch, ...], got {x!r:.80}")
+    if x.ndim < 2:
+        raise ValueError(
+            f"inputs of kind 'features' must have rank >= 2, [batch, features...]; got shape "
+            f"{tuple(x.shape)}; for one feature per example use x[:, None]"
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"inputs must be floats, got dtype {x.dtype}; convert with x.astype(jnp.float32)"
+        )
+
+
+def check_batch(
+    x: Any, y: Any = None, num_classes: int | None = None, domain: Domain = IMAGES
+) -> None:
+    """Checks a batch of inputs (NHWC images in [0, 1] by default; see ``Domain``) and, when
+    given, its labels (or targets).
 
     Raises:
-      TypeError: non-array or non-float images; non-integer labels; non-key keys.
+      TypeError: non-array or non-float inputs; non-integer labels; non-key keys.
       ValueError: wrong rank or layout, empty batch, mismatched batch sizes, NaN/inf or
-        out-of-range pixels, labels outside [0, num_classes) (see the module docstring for how
+        out-of-range values, labels outside [0, num_classes) (see the module docstring for how
         value errors surface under ``jit``).
     """
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise TypeError(f"images must be an array [batch, height, width, channels], got {x!r:.80}")
-    check_image_shape(x)
+    check_input_shape(x, domain)
     if x.shape[0] == 0:
-        raise ValueError(f"the batch is empty (images of shape {tuple(x.shape)})")
+        noun = "images" if domain.kind == "image" else "inputs"
+        raise ValueError(f"the batch is empty ({noun} of shape {tuple(x.shape)})")
     if y is not None:
         check_labels_static(y, x.shape[0])
-    check_image_values(x)
+    check_image_values(x, domain)
     if y is not None:
         check_label_values(y, num_classes)
 

@@ -6,7 +6,8 @@ An attack is a frozen (hashable) dataclass built by a factory from its hyperpara
     x_adv = attack(model_fn, variables, x, y, key)            # [B, H, W, C]
     result = attack.run(model_fn, variables, x, y, key)       # AttackResult(x_adv, loss, success)
 
-``model_fn(variables, x) -> logits`` runs the model in inference mode on NHWC images in [0, 1].
+``model_fn(variables, x) -> logits`` runs the model in inference mode on NHWC images in [0, 1]
+(attacks that take a ``domain``, ``advjax.validation.Domain``, also run on other inputs).
 Attacks are pure: jit them with ``model_fn`` static (``jax.jit(attack, static_argnums=0)``), vmap
 them over the batch, or over ensemble members by stacking ``variables`` on a leading axis.
 ``key`` is one PRNG key for the batch or one key per example (``[B]``); per-example keys make the
@@ -63,10 +64,12 @@ def validated(entry: Callable) -> Callable:
 
     The outermost call checks ``x``, ``y`` and ``key`` with ``advjax.validation.check_batch``
     (static checks at trace time; value checks at once on concrete arrays, as a host callback
-    under ``jit``) and turns raw ``uint32`` keys into typed keys. Attacks called by other attacks
-    (restarts, AutoAttack's components) are not checked again. On CPU the outermost call also
-    runs ``model_fn`` with its convolutions in the canonical form
-    (``advjax.models.canonicalize.auto_canonicalize``: same values and gradients, faster).
+    under ``jit``) against the attack's input domain (``validation.domain_of``: NHWC images in
+    [0, 1] unless the attack was built with another ``domain``) and turns raw ``uint32`` keys
+    into typed keys. Attacks called by other attacks (restarts, AutoAttack's components) are not
+    checked again. On CPU the outermost call also runs ``model_fn`` with its convolutions in the
+    canonical form (``advjax.models.canonicalize.auto_canonicalize``: same values and gradients,
+    faster).
     """
 
     @functools.wraps(entry)
@@ -75,7 +78,7 @@ def validated(entry: Callable) -> Callable:
             num_classes = None
             if isinstance(y, tuple) or getattr(y, "ndim", None) == 1:
                 num_classes = validation.num_classes_of(model_fn, variables, x)
-            validation.check_batch(x, y, num_classes)
+            validation.check_batch(x, y, num_classes, validation.domain_of(self))
             key = validation.as_key(key, x.shape[0])
             model_fn = auto_canonicalize(model_fn)
         token = _ATTACK_DEPTH.set(_ATTACK_DEPTH.get() + 1)

@@ -25,6 +25,10 @@ spec P1); the [0, 1] clip is applied after every step (spec P17). Two costs:
 
 ``lam`` may be a traced scalar: ``attack.with_lambda(lam)`` is the attack with the defense
 state's dual variable (``advjax.defenses.udr_state``), one compilation for every value.
+
+``domain`` (``advjax.validation.Domain``) lets the attack run on inputs that are not images, such
+as the toy 2-D points of App. E: ``udr(..., domain="features")`` checks a float ``[batch, ...]``
+batch and drops the [0, 1] clip (``Domain("features", (lo, hi))`` clips to that box instead).
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ import jax.numpy as jnp
 from advjax import losses
 from advjax.attacks.base import Attack, AttackResult, ModelFn, check_nonnegative, validated
 from advjax.attacks.gradient import UNROLL_MAX_STEPS, GradientAttack
-from advjax.threats.lp import LpBall, is_concrete
+from advjax.threats.lp import LpBall, clip_box, is_concrete
+from advjax.validation import IMAGES, Domain, as_domain
 
 GROUND_COSTS = ("linf", "l2", "l1")
 COSTS = ("squared_hinge", "soft")
@@ -196,7 +201,8 @@ def pull_back(
 @dataclasses.dataclass(frozen=True)
 class SoftBall:
     """UDR's stand-in for a threat model inside ``GradientAttack``'s loop: PGD's Linf random
-    start (same key usage), sign direction, and ``pull_back`` + [0, 1] clip where PGD projects."""
+    start (same key usage), sign direction, and ``pull_back`` + [0, 1] clip where PGD projects
+    (the clip is to ``bounds``, none for ``None``)."""
 
     eps: Any
     step_size: Any
@@ -205,10 +211,11 @@ class SoftBall:
     cost: str
     ground_cost: str
     cap_pull: bool
+    bounds: tuple[float, float] | None = (0.0, 1.0)
 
     def init(self, key: jax.Array, x: jax.Array) -> jax.Array:
         """``clip(x + U(-eps, eps), 0, 1)``: ``LpBall("linf", eps).init``, PGD's start."""
-        return LpBall("linf", self.eps).init(key, x)
+        return LpBall("linf", self.eps, bounds=self.bounds).init(key, x)
 
     def direction(self, grad: jax.Array, x_adv: jax.Array) -> jax.Array:
         del x_adv
@@ -226,7 +233,7 @@ class SoftBall:
             ground_cost=self.ground_cost,
             cap_pull=self.cap_pull,
         )
-        return jnp.clip(pulled, 0.0, 1.0)
+        return clip_box(pulled, self.bounds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,6 +257,7 @@ class UDRAttack(Attack):
       targeted: descend the loss towards ``y`` (the targets).
       keep_best: return the best iterate (success, then loss) instead of the last (Algorithm 1).
       unroll: ``lax.scan`` unroll factor of the step loop.
+      domain: the inputs' ``Domain`` (checks, and the box of the clip).
     """
 
     eps: Any
@@ -264,8 +272,10 @@ class UDRAttack(Attack):
     targeted: bool
     keep_best: bool
     unroll: int | bool
+    domain: Domain = IMAGES
 
     def __post_init__(self):
+        object.__setattr__(self, "domain", as_domain(self.domain))
         check_nonnegative(eps=self.eps, step_size=self.step_size, lam=self.lam, tau=self.tau)
         if isinstance(self.steps, bool) or int(self.steps) != self.steps or self.steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {self.steps}")
@@ -306,6 +316,7 @@ class UDRAttack(Attack):
             self.cost,
             self.ground_cost,
             self.cap_pull,
+            self.domain.bounds,
         )
         return GradientAttack(
             threat=ball,
@@ -317,6 +328,7 @@ class UDRAttack(Attack):
             momentum=0.0,
             keep_best=self.keep_best,
             unroll=self.unroll,
+            domain=self.domain,
         )
 
     @validated
@@ -340,6 +352,7 @@ def udr(
     keep_best: bool = False,
     cap_pull: bool = True,
     unroll: int | bool | None = None,
+    domain: Any = "image",
 ) -> UDRAttack:
     """UDR's soft-ball attack (Algorithm 1): sign ascent on ``loss`` from a uniform random start,
     each step followed by the pull ``-eta lam grad ĉ`` and a [0, 1] clip; last iterate.
@@ -348,7 +361,9 @@ def udr(
     ``lam = 1``, which is Linf PGD exactly until the learned ``lam`` moves. ``cost="soft"`` is
     Eq. 16 on ``ground_cost`` with ``tau = 2 eta`` by default (the thesis's rule, Sec. 5.2).
     For a TRADES-style objective pass ``loss="kl_from_reference"`` and the clean logits as ``y``.
-    ``unroll=None`` unrolls fully up to ``UNROLL_MAX_STEPS`` steps, as ``pgd``.
+    ``unroll=None`` unrolls fully up to ``UNROLL_MAX_STEPS`` steps, as ``pgd``. ``domain``:
+    ``"image"`` (NHWC in [0, 1]), ``"features"`` (any ``[batch, ...]``, no clip) or an
+    ``advjax.validation.Domain``, as ``pgd``.
     """
     if tau is None:
         tau = step_size if cost == "squared_hinge" else 2 * step_size
@@ -367,4 +382,5 @@ def udr(
         targeted=targeted,
         keep_best=keep_best,
         unroll=unroll,
+        domain=as_domain(domain),
     )

@@ -1,4 +1,5 @@
-"""Lp-ball threat models intersected with the [0, 1] image box.
+"""Lp-ball threat models intersected with the [0, 1] image box (or another box, or none:
+``bounds``).
 
 A threat model has three parts, each a pure function of a batch (leading axis = examples, the
 remaining axes are flattened for the norms):
@@ -13,7 +14,9 @@ from the KKT conditions: the minimiser of ``||δ - d||^2`` over ``{||δ||_p <= e
 is ``δ(λ) = clip(d / (1 + λ), lo, hi)`` (L2) or ``clip(soft_threshold(d, λ), lo, hi)`` (L1) for
 the smallest multiplier ``λ >= 0`` that makes ``δ(λ)`` feasible; ``||δ(λ)||_p`` is monotone in ``λ``
 so a
-fixed number of bisection steps finds it to float precision with static shapes.
+fixed number of bisection steps finds it to float precision with static shapes. With
+``bounds=None`` (inputs that are not images, ``advjax.validation.Domain``) the box is
+``(-inf, inf)``: the projections are the plain ball's.
 """
 
 from __future__ import annotations
@@ -118,19 +121,26 @@ def project_l1_box(d: jax.Array, lo: jax.Array, hi: jax.Array, eps: float) -> ja
     return jnp.where(inside[:, None], clipped, shrink(tau))
 
 
+def clip_box(x: jax.Array, bounds: tuple[float, float] | None) -> jax.Array:
+    """``x`` clipped to the box ``bounds = (lo, hi)``; ``x`` itself for ``None``."""
+    return x if bounds is None else jnp.clip(x, bounds[0], bounds[1])
+
+
 @dataclasses.dataclass(frozen=True)
 class LpBall:
-    """``B_p(x, eps) ∩ [0, 1]^D`` with its init, steepest-ascent direction and projection.
+    """``B_p(x, eps) ∩ [lo, hi]^D`` with its init, steepest-ascent direction and projection.
 
     Attributes:
       norm: "linf", "l2" or "l1".
       eps: radius of the ball (>= 0).
       l1_sparsity: fraction of coordinates moved by one L1 step (top-k of ``|grad|``).
+      bounds: the box ``(lo, hi)``, ``(0, 1)`` for images; ``None``: no box.
     """
 
     norm: str
     eps: float
     l1_sparsity: float = 0.01
+    bounds: tuple[float, float] | None = (0.0, 1.0)
 
     def __post_init__(self):
         check_norm(self.norm)
@@ -138,6 +148,11 @@ class LpBall:
             raise ValueError(f"eps must be >= 0, got {self.eps}")
         if not 0 < self.l1_sparsity <= 1:
             raise ValueError(f"l1_sparsity must be in (0, 1], got {self.l1_sparsity}")
+        if self.bounds is not None:
+            lo, hi = (float(b) for b in self.bounds)
+            if not lo < hi:
+                raise ValueError(f"bounds (lo, hi) need lo < hi, got {self.bounds}")
+            object.__setattr__(self, "bounds", (lo, hi))
 
     def init(self, key: jax.Array, x: jax.Array) -> jax.Array:
         """A random point of the ball ∩ box around ``x``.
@@ -163,7 +178,7 @@ class LpBall:
             signs = jax.random.rademacher(k_sign, flat.shape, dtype=flat.dtype)
             delta = self.eps * signs * e[:, :dim] / jnp.sum(e, axis=1, keepdims=True)
         # Clipping to the box only shrinks |δ_i| (lo <= 0 <= hi), so the point stays in the ball.
-        return jnp.clip(flat + delta, 0.0, 1.0).reshape(x.shape)
+        return clip_box(flat + delta, self.bounds).reshape(x.shape)
 
     def direction(self, grad: jax.Array, x_adv: jax.Array) -> jax.Array:
         """Unit-norm steepest-ascent direction ``argmax_{||v||_p <= 1} <grad, v>``."""
@@ -175,7 +190,10 @@ class LpBall:
             return (flat / jnp.maximum(norm, 1e-12)).reshape(grad.shape)
         # L1: move the k coordinates with the largest |grad| that can still move inside the box.
         xf = _flat(x_adv)
-        movable = ((flat > 0) & (xf < 1.0)) | ((flat < 0) & (xf > 0.0))
+        if self.bounds is None:
+            movable = flat != 0
+        else:
+            movable = ((flat > 0) & (xf < self.bounds[1])) | ((flat < 0) & (xf > self.bounds[0]))
         score = jnp.where(movable, jnp.abs(flat), -1.0)
         k = max(1, math.ceil(self.l1_sparsity * flat.shape[1]))
         kth = jax.lax.top_k(score, k)[0][:, -1:]
@@ -184,15 +202,19 @@ class LpBall:
         return (jnp.sign(flat) * chosen / count).reshape(grad.shape)
 
     def project(self, x_adv: jax.Array, x: jax.Array) -> jax.Array:
-        """Exact Euclidean projection of ``x_adv`` onto ``B_p(x, eps) ∩ [0, 1]^D``."""
+        """Exact Euclidean projection of ``x_adv`` onto ``B_p(x, eps) ∩ [lo, hi]^D``."""
         if is_concrete(self.eps) and self.eps == 0:
-            return jnp.clip(x, 0.0, 1.0)
+            return clip_box(x, self.bounds)
         if self.norm == "linf":
-            return optax.projections.projection_box(
-                x_adv, jnp.maximum(x - self.eps, 0.0), jnp.minimum(x + self.eps, 1.0)
-            )
+            low, high = x - self.eps, x + self.eps
+            if self.bounds is not None:
+                low, high = jnp.maximum(low, self.bounds[0]), jnp.minimum(high, self.bounds[1])
+            return optax.projections.projection_box(x_adv, low, high)
         xf = _flat(x)
-        d, lo, hi = _flat(x_adv) - xf, -xf, 1.0 - xf
+        if self.bounds is None:
+            d, lo, hi = _flat(x_adv) - xf, jnp.full_like(xf, -jnp.inf), jnp.full_like(xf, jnp.inf)
+        else:
+            d, lo, hi = _flat(x_adv) - xf, self.bounds[0] - xf, self.bounds[1] - xf
         if self.norm == "l2":
             delta = project_l2_box(d, lo, hi, self.eps)
         else:
@@ -201,7 +223,11 @@ class LpBall:
 
     def contains(self, x_adv: jax.Array, x: jax.Array, atol: float = 1e-5) -> jax.Array:
         """Per-example membership test (within ``atol``)."""
-        in_box = jnp.all((_flat(x_adv) >= -atol) & (_flat(x_adv) <= 1 + atol), axis=1)
+        if self.bounds is None:
+            in_box = jnp.ones(x_adv.shape[0], bool)
+        else:
+            lo, hi = self.bounds
+            in_box = jnp.all((_flat(x_adv) >= lo - atol) & (_flat(x_adv) <= hi + atol), axis=1)
         return in_box & (
             lp_norm(x_adv - x, self.norm) <= self.eps + atol * jnp.maximum(1.0, self.eps)
         )
