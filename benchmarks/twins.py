@@ -15,6 +15,8 @@ precision (``tests/test_twins.py``):
 * ``resnet20``: :class:`PlainResNet20` (post-activation CIFAR ResNet-(6n+2); the 1x1 downsampling
   shortcut convolution has a bias, as in the zoo's Keras ``resnet_v1`` layout).
 * ``preact_resnet18``: :class:`PlainPreActResNet18` (Wong et al. PreAct-ResNet-18).
+* ``resnet18``: :class:`PlainResNet18` (kuangliu/pytorch-cifar ResNet-18: post-activation blocks,
+  conv 1x1 + BatchNorm projection shortcuts).
 * ``wide_resnet``: :class:`PlainWideResNet` (TRADES WideResNet-``depth``-``width``).
 
 Every twin takes the zoo model's constructor kwargs (``num_classes``, ``mean``, ``std``, and
@@ -214,6 +216,45 @@ class PlainPreActResNet18(nn.Module):
         return nn.Dense(self.num_classes, name="fc")(jnp.mean(x, axis=(1, 2)))
 
 
+class PlainProjectionBlock(nn.Module):
+    """Post-activation block with a conv 1x1 + BN projection shortcut (ResNet-18)."""
+
+    features: int
+    strides: int = 1
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        shortcut = x
+        y = _conv(self.features, 3, self.strides, "conv1")(x)
+        y = nn.relu(_bn(train, self.bn_axis_name, "bn1")(y))
+        y = _bn(train, self.bn_axis_name, "bn2")(_conv(self.features, 3, 1, "conv2")(y))
+        if self.strides != 1 or x.shape[-1] != self.features:
+            shortcut = _conv(self.features, 1, self.strides, "shortcut_conv")(x)
+            shortcut = _bn(train, self.bn_axis_name, "shortcut_bn")(shortcut)
+        return nn.relu(y + shortcut)
+
+
+class PlainResNet18(nn.Module):
+    """``resnet18`` in plain Flax."""
+
+    num_classes: int = 10
+    mean: tuple[float, ...] = CIFAR10_MEAN
+    std: tuple[float, ...] = CIFAR10_STD
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = _normalize(x, self.mean, self.std)
+        x = nn.relu(_bn(train, self.bn_axis_name, "bn_stem")(_conv(64, 3, 1, "conv_stem")(x)))
+        for stage, width in enumerate((64, 128, 256, 512)):
+            for block in range(2):
+                strides = 2 if stage > 0 and block == 0 else 1
+                name = f"stage{stage + 1}_block{block + 1}"
+                x = PlainProjectionBlock(width, strides, self.bn_axis_name, name=name)(x, train)
+        return nn.Dense(self.num_classes, name="fc")(jnp.mean(x, axis=(1, 2)))
+
+
 class PlainWideResNet(nn.Module):
     """``wide_resnet`` in plain Flax (TRADES WideResNet-``depth``-``width``, WRN-28-10 default).
 
@@ -254,6 +295,7 @@ TWINS: dict[str, Callable[..., nn.Module]] = {
     "mnist_fast_at": PlainFastAT,
     "resnet20": PlainResNet20,
     "preact_resnet18": PlainPreActResNet18,
+    "resnet18": PlainResNet18,
     "wide_resnet": PlainWideResNet,
 }
 

@@ -61,13 +61,18 @@ CASES = {
         {"stage1": (32, 32, 64), "stage2": (16, 16, 128), "stage3": (8, 8, 256),
          "stage4": (4, 4, 512), "last_conv": (4, 4, 512), "penultimate": (512,)},
     ),
+    "resnet18": (
+        (32, 32, 3),
+        {"stage1": (32, 32, 64), "stage2": (16, 16, 128), "stage3": (8, 8, 256),
+         "stage4": (4, 4, 512), "last_conv": (4, 4, 512), "penultimate": (512,)},
+    ),
     "wide_resnet": (  # WRN-28-10: 16k/32k/64k channels with k = 10
         (32, 32, 3),
         {"group1": (32, 32, 160), "group2": (16, 16, 320), "group3": (8, 8, 640),
          "last_conv": (8, 8, 640), "penultimate": (640,)},
     ),
 }  # fmt: skip
-HAS_BN = {"resnet20", "preact_resnet18", "wide_resnet"}
+HAS_BN = {"resnet20", "preact_resnet18", "resnet18", "wide_resnet"}
 
 
 def _images(shape, batch=2, seed=0):
@@ -384,6 +389,8 @@ def test_cifar_param_counts():
     # PyTorch counts (BN affine, bias-free convs): Wong et al. PreActResNet18 (kuangliu's 11,171,146
     # plus the final BN's 2 * 512), and the TRADES WideResNet's published WRN-34-10 / WRN-28-10.
     assert _count(PreActResNet18(), (32, 32, 3)) == 11_172_170
+    assert _count(PreActResNet18(final_bn=False), (32, 32, 3)) == 11_171_146
+    assert _count(get_model("resnet18"), (32, 32, 3)) == 11_173_962  # kuangliu ResNet18
     assert _count(WideResNet(depth=34, width=10), (32, 32, 3)) == 46_160_474
     assert _count(WideResNet(depth=28, width=10), (32, 32, 3)) == 36_479_194
 

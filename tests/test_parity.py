@@ -35,6 +35,7 @@ from advjax.models import get_model, init_variables, make_model_fn  # noqa: E402
 
 PORT = Path(__file__).resolve().parents[1] / "benchmarks" / "torch_port.py"
 EPS, STEP, N_POINTS, TOLERANCE_POINTS = 0.1, 0.01, 200, 2
+MODEL = "mnist_fast_at"  # the smallest zoo net: the comparison, not the model, is under test
 
 
 def _port_module():
@@ -48,7 +49,7 @@ def _port_module():
 def trained(mnist_dir):
     train = load_dataset("mnist", "train", mnist_dir)
     test = load_dataset("mnist", "test", mnist_dir)
-    model = get_model("mnist_cnn4")
+    model = get_model(MODEL)
     model_fn = make_model_fn(model)
     variables = init_variables(model, jax.random.key(0), (28, 28, 1))
     tx = optax.adam(1e-3)
@@ -85,7 +86,7 @@ def _compare(trained, names):
     model_fn, variables, points = trained
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    twin = _port_module().port("mnist_cnn4", jax.device_get(variables))
+    twin = _port_module().port(MODEL, jax.device_get(variables))
     x = points.images.astype(np.float32) / 255.0
     y = points.labels
     settings = ThreatSettings(norm="linf", eps=EPS, eps_text=repr(EPS), step_size=STEP)

@@ -25,6 +25,7 @@ CASES = {
     "mnist_fast_at": ({}, MNIST),
     "resnet20": ({}, CIFAR),
     "preact_resnet18": ({}, CIFAR),
+    "resnet18": ({}, CIFAR),
     "wide_resnet": ({"depth": 10, "width": 1}, CIFAR),
 }
 

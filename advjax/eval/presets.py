@@ -180,7 +180,7 @@ PRESETS: dict[str, Preset] = {
     "rays": Preset("RayS", {"name": "rays", "eps": "$eps"}, kind="hard-label", norms=("linf",)),
     # B&B as the UDR document runs it (Table 1, after Tramer et al. 2020): 200 steps from PGD-20
     # with step eps/2 started at the whole-box budget (a start at eps could not go below it).
-    "brendel_bethge": Preset("B&B", {"name": "brendel_bethge", "eps": "$eps"}, norms=("linf",)),
+    "brendel_bethge": Preset("B&B", {"name": "brendel_bethge", **_LP}),
     "aa_standard": _autoattack("standard", "AA"),
     "aa_plus": _autoattack("plus", "AA+"),
     "aa_rand": _autoattack("rand", "AA-rand"),

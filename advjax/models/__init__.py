@@ -34,7 +34,13 @@ Models (``MODELS`` registry names):
 * ``mnist_cnn4``: :class:`MnistCNN4`, TRADES SmallCNN (RT/SRT, thesis "standard CNN").
 * ``resnet20``: :class:`ResNet20`, He et al. CIFAR ResNet-20 (ADR/ASCL ResNet-20 setting).
 * ``preact_resnet18``: :class:`PreActResNet18`, Wong et al. fast-AT PreAct-ResNet-18.
+* ``resnet18``: :class:`ResNet18`, the common CIFAR ResNet-18 (kuangliu/pytorch-cifar, RobustBench).
 * ``wide_resnet``: :class:`WideResNet` (``depth=28, width=10`` by default), TRADES WideResNet.
+
+PyTorch checkpoints: :func:`advjax.models.torch_import.convert_state_dict` turns a PyTorch
+``state_dict`` (RobustBench / TRADES WideResNet, PreAct-ResNet-18, ResNet-18, the MNIST CNNs) into
+one of these models and its variables; :mod:`advjax.models.saved_model` stores a model as JSON plus
+msgpack that loads without PyTorch.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ from advjax.models.functional import (
 )
 from advjax.models.mnist import MnistCNN4, MnistFastATNet, MnistSmallCNN
 from advjax.models.normalize import CIFAR10_MEAN, CIFAR10_STD, normalize
-from advjax.models.resnet import PreActResNet18, ResNet20
+from advjax.models.resnet import PreActResNet18, ResNet18, ResNet20
 from advjax.models.wide_resnet import WideResNet
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -69,6 +75,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mnist_fast_at": MnistFastATNet,
     "resnet20": ResNet20,
     "preact_resnet18": PreActResNet18,
+    "resnet18": ResNet18,
     "wide_resnet": WideResNet,
 }
 
@@ -101,6 +108,7 @@ __all__ = [
     "MnistSmallCNN",
     "ModelFn",
     "PreActResNet18",
+    "ResNet18",
     "ResNet20",
     "WideResNet",
     "apply_train",
