@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
-from advjax import host
+# One persistent XLA compilation cache per test run, shared by the xdist workers and the commands
+# the tests launch (they inherit the environment): a train step compiled by one process is read,
+# not recompiled, by the next (a kill-and-resume test compiles it twice otherwise). A user's own
+# JAX_COMPILATION_CACHE_DIR is kept.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID", f"pid{os.getpid()}")
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"advjax-tests-xla-{_RUN}")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+
+from advjax import host  # noqa: E402
 
 # The launch scripts' XLA:CPU settings, so that runs in this process and in launched commands
 # compute the same numbers (the bit-for-bit resume tests compare the two).

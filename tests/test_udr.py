@@ -468,12 +468,17 @@ def test_udr_defenses_equal_their_standard_counterparts_in_the_hard_ball_limit()
             {"name": "udr_mart"},
             {"name": "mart", "beta": 1.0, "variant": "thesis", "kl_base": "adv"},
         ),
+        (  # Wang et al.'s MART: BCE on the adversary, a CE attack (spec P10)
+            {"name": "udr_mart", "variant": "original", "kl_base": "clean"},
+            {"name": "mart", "beta": 1.0, "variant": "original"},
+        ),
     ]
     for udr_defense, standard in pairs:
         ours = defenses.build({**udr_defense, "attack": udr_spec})
         theirs = defenses.build({**standard, "attack": pgd_spec})
         state = ours.init_state()
         assert float(state[LAMBDA]) == 1.0
+        assert ours.adversaries[0].target == theirs.adversaries[0].target, udr_defense
         loss, aux = ours(model, variables, batch, keys, state=state)
         expected, _ = theirs(model, variables, batch, keys)
         assert float(loss) == pytest.approx(float(expected), rel=1e-6), udr_defense

@@ -14,12 +14,14 @@ from advjax.data.pipeline import (
     train_batches,
     with_labeled_subset,
 )
+from advjax.data.pseudo_labels import PseudoLabeledDataset, pseudo_label, subsample_unlabeled
 from advjax.data.sources import load_dataset
 
 __all__ = [
     "DATASETS",
     "UNLABELED",
     "Dataset",
+    "PseudoLabeledDataset",
     "download",
     "eval_batches",
     "labeled_part",
@@ -27,8 +29,10 @@ __all__ = [
     "load_dataset",
     "num_eval_batches",
     "pad_crop_flip",
+    "pseudo_label",
     "split_validation",
     "steps_per_epoch",
+    "subsample_unlabeled",
     "train_batches",
     "with_labeled_subset",
 ]

@@ -9,7 +9,10 @@ subset of the training set as labeled. Training batches of such a dataset then m
 proportion to their sizes, as SRT Sec. 4 prescribes ("for a total batch size m, the number of
 labeled samples and unlabeled samples within a batch is m |D_L| / (|D_L| + |D_U|) and
 m |D_U| / (|D_L| + |D_U|)"), carry a bool "labeled" field, and hide the labels of unlabeled
-examples (label `UNLABELED` = -1).
+examples (label `UNLABELED` = -1). A `PseudoLabeledDataset` (`advjax.data.pseudo_labels`: the
+unlabeled examples labelled by a teacher, RST / UAT-FT) is mixed the same way, its pseudo-labeled
+examples in the unlabeled part, and its batches carry every label. `unlabeled_fraction` sets the
+unlabeled part of each batch instead (RST's `unsup_fraction`, 0.5 in its code).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import jax
 import numpy as np
 
 from advjax.data.dataset import Dataset
+from advjax.data.pseudo_labels import PseudoLabeledDataset
 
 Batch = dict[str, np.ndarray]
 
@@ -79,6 +83,37 @@ def labeled_per_batch(num_labeled: int, n: int, global_batch_size: int) -> int:
         return global_batch_size if num_labeled else 0
     ml = int(np.floor(global_batch_size * num_labeled / n + 0.5))
     return min(max(ml, 1), global_batch_size - 1)
+
+
+def unlabeled_rows(ds: Dataset) -> np.ndarray | None:
+    """The examples stratified batches draw as their unlabeled part: the unlabeled ones (hidden
+    labels), or a `PseudoLabeledDataset`'s pseudo-labeled ones; None for fully labeled data."""
+    if ds.labeled is not None:
+        return ~ds.labeled
+    if isinstance(ds, PseudoLabeledDataset):
+        return ds.pseudo
+    return None
+
+
+def split_per_batch(
+    num_labeled: int, n: int, global_batch_size: int, unlabeled_fraction: float | None = None
+) -> int:
+    """Labeled examples in each global batch of ``m`` (the rest are unlabeled or pseudo-labeled):
+    `labeled_per_batch` (in proportion), or ``m - round(unlabeled_fraction m)`` kept within
+    [1, m - 1]. Raises when a set is smaller than its part of a batch."""
+    if unlabeled_fraction is None:
+        return labeled_per_batch(num_labeled, n, global_batch_size)
+    if not 0.0 < unlabeled_fraction < 1.0:
+        raise ValueError(f"unlabeled_fraction must be in (0, 1), got {unlabeled_fraction}")
+    m_u = int(np.floor(global_batch_size * unlabeled_fraction + 0.5))
+    m_l = global_batch_size - min(max(m_u, 1), global_batch_size - 1)
+    if m_l > num_labeled or global_batch_size - m_l > n - num_labeled:
+        raise ValueError(
+            f"unlabeled_fraction={unlabeled_fraction} puts {m_l} labeled and "
+            f"{global_batch_size - m_l} unlabeled examples in each batch of {global_batch_size}, "
+            f"but there are {num_labeled} and {n - num_labeled}"
+        )
+    return m_l
 
 
 def steps_per_epoch(n: int, global_batch_size: int) -> int:
@@ -140,17 +175,25 @@ def _stream_part(indices: np.ndarray, per_batch: int, seed: int, tag: int, step:
     return indices[perm[b * per_batch : (b + 1) * per_batch]]
 
 
-def stratified_indices(ds: Dataset, global_batch_size: int, seed: int, step: int) -> np.ndarray:
-    """Dataset indices of global batch `step` of a dataset with unlabeled examples.
+def stratified_indices(
+    ds: Dataset,
+    global_batch_size: int,
+    seed: int,
+    step: int,
+    unlabeled_fraction: float | None = None,
+) -> np.ndarray:
+    """Dataset indices of global batch `step` of a dataset with unlabeled (or pseudo-labeled)
+    examples (`unlabeled_rows`).
 
-    m_L = `labeled_per_batch` labeled and m_U = m - m_L unlabeled examples, each set drawn as an
+    m_L = `split_per_batch` labeled and m_U = m - m_L unlabeled examples, each set drawn as an
     endless stream reshuffled whenever it is used up (`_stream_part`, tags 1 and 2); the batch's
     m positions are then shuffled by `default_rng([seed, 3, step])`, so every device shard holds
     a mixture. An epoch is `steps_per_epoch(len(ds), m)` steps as for fully labeled data; as m_L
-    is rounded, one set may cycle slightly faster than the epoch.
+    is rounded (or set by `unlabeled_fraction`), one set may cycle faster than the epoch.
     """
-    lab, unl = np.flatnonzero(ds.labeled), np.flatnonzero(~ds.labeled)
-    m_l = labeled_per_batch(len(lab), len(ds), global_batch_size)
+    unlabeled = unlabeled_rows(ds)
+    lab, unl = np.flatnonzero(~unlabeled), np.flatnonzero(unlabeled)
+    m_l = split_per_batch(len(lab), len(ds), global_batch_size, unlabeled_fraction)
     indices = np.concatenate(
         [
             _stream_part(lab, m_l, seed, 1, step),
@@ -168,6 +211,7 @@ def train_batches(
     process_index: int | None = None,
     process_count: int | None = None,
     local_device_count: int | None = None,
+    unlabeled_fraction: float | None = None,
 ) -> Iterator[Batch]:
     """Yields this host's part of global training batches forever, from `start_step` on.
 
@@ -179,7 +223,9 @@ def train_batches(
 
     A dataset with unlabeled examples (`with_labeled_subset`) gives stratified batches instead
     (`stratified_indices`, same number of steps per epoch) with a bool "labeled" field, and label
-    `UNLABELED` for the unlabeled examples.
+    `UNLABELED` for the unlabeled examples. A `PseudoLabeledDataset` gives stratified batches of
+    its labeled and pseudo-labeled examples, with every label and no "labeled" field.
+    `unlabeled_fraction` (stratified batches only; None: in proportion) sets their unlabeled part.
     """
     pi, per_host, ldc, per_device = _layout(
         global_batch_size, process_index, process_count, local_device_count
@@ -192,16 +238,24 @@ def train_batches(
         )
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}.")
+    unlabeled = unlabeled_rows(ds)
+    if unlabeled is None and unlabeled_fraction is not None:
+        raise ValueError(
+            f"unlabeled_fraction={unlabeled_fraction} needs unlabeled or pseudo-labeled training "
+            f"examples; every example of {ds.name!r} is labeled"
+        )
+    if unlabeled is not None:  # checks the split before the first batch is asked for
+        split_per_batch(int(np.sum(~unlabeled)), len(ds), global_batch_size, unlabeled_fraction)
 
     def stratified() -> Iterator[Batch]:
         step = start_step
         while True:
-            indices = stratified_indices(ds, global_batch_size, seed, step)
+            indices = stratified_indices(ds, global_batch_size, seed, step, unlabeled_fraction)
             own = indices[pi * per_host : (pi + 1) * per_host]
             yield _to_batch(ds, own, ldc, per_device, mask_unlabeled=True)
             step += 1
 
-    if ds.labeled is not None:
+    if unlabeled is not None:
         return stratified()
 
     def generate() -> Iterator[Batch]:

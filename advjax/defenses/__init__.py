@@ -62,6 +62,7 @@ from advjax.defenses.published import (
     trades,
     trades_jac,
 )
+from advjax.defenses.semi_supervised import OnlineTargetKL, rst, uat
 from advjax.defenses.state import MovingAverage
 from advjax.defenses.terms import kl_attack_loss, kl_term
 from advjax.defenses.udr import learned_lambda, udr_awp_at, udr_mart, udr_pgd, udr_trades
@@ -82,6 +83,8 @@ DEFENSES: dict[str, Callable[..., Defense]] = {
     "rt": rt,
     "srt": srt,
     "fast_srt": srt,
+    "uat": uat,
+    "rst": rst,
     "ave_at": ave_at,
     "max_at": max_at,
     "pareto_at": pareto_at,
@@ -102,8 +105,8 @@ def _default(factory: Callable, name: str, given: Mapping[str, Any]) -> Any:
 
 def _attack_loss(factory: Callable, kwargs: Mapping[str, Any]) -> str | None:
     """The loss a defense's adversary must maximise when its spec does not name one."""
-    if factory in (trades, trades_jac, klr, udr_trades, udr_mart) or (
-        factory is mart and _default(mart, "variant", kwargs) == "thesis"
+    if factory in (trades, trades_jac, klr, rst, udr_trades) or (
+        factory in (mart, udr_mart) and _default(factory, "variant", kwargs) == "thesis"
     ):
         return kl_attack_loss(_default(factory, "kl_base", kwargs))
     return None
@@ -179,6 +182,7 @@ __all__ = [
     "IndependentMembers",
     "LambdaFromState",
     "MovingAverage",
+    "OnlineTargetKL",
     "ParetoWindow",
     "StateRule",
     "StepContext",
@@ -205,6 +209,7 @@ __all__ = [
     "pareto_at",
     "pgd_at",
     "projection_vectors",
+    "rst",
     "rt",
     "solve_lower_level",
     "srt",
@@ -216,5 +221,6 @@ __all__ = [
     "udr_mart",
     "udr_pgd",
     "udr_trades",
+    "uat",
     "with_awp",
 ]

@@ -10,7 +10,8 @@ so each keeps its counterpart's loss exactly (spec Sec. 5.1-5.4):
   UDR-PGD*, Sec. 5.2: ``clean_weight=0``), the attack maximising the CE.
 * ``udr_trades``: ``CE(f(x), y) + beta KL(f(x^a), f(x))``, the attack maximising the KL.
 * ``udr_mart``: the thesis's MART (Eq. 7, P9-P10): ``BCE(f(x), y) + beta (1 - p_y(x))
-  KL(f(x^a), f(x))``, the attack maximising the KL.
+  KL(f(x^a), f(x))``, the attack maximising the KL (``variant="original"``: Wang et al.'s
+  ``BCE(f(x^a), y) + beta (1 - p_y(x)) KL(...)``, the attack maximising the CE).
 * ``udr_awp_at``: AWP-AT (``advjax.defenses.awp``, Sec. 5.5): ``CE(f_{w + gamma v}(x^a), y)``,
   ``x^a`` the UDR attack's (maximising the CE) at the unperturbed weights ``w``.
 
@@ -143,6 +144,7 @@ def udr_mart(
     attack: Attack,
     beta: float = 1.0,
     kl_base: str = "adv",
+    variant: str = "thesis",
     eps_warmup_steps: int = 0,
     statistic: str = "mean_abs",
     lambda_learning_rate: float = 0.02,
@@ -150,8 +152,9 @@ def udr_mart(
     lam_max: float | None = None,
 ) -> Defense:
     """UDR-MART (spec Sec. 5.4): the thesis's MART (Eq. 7) with the UDR attack maximising the
-    KL."""
-    base = mart(attack, beta, "thesis", kl_base, eps_warmup_steps, monitor_jacobian=False)
+    KL; ``variant="original"``: Wang et al.'s MART (BCE on ``f(x^a)``, spec P10), the UDR attack
+    maximising the CE."""
+    base = mart(attack, beta, variant, kl_base, eps_warmup_steps, monitor_jacobian=False)
     return learned_lambda(
         base,
         name="udr_mart",
