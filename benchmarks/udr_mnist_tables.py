@@ -25,8 +25,10 @@ METHODS = (
     ("ch5_trades", "TRADES", "TRADES", None),
     ("ch5_udr_trades", "UDR-TRADES", "UDR-TRADES", "TRADES"),
     ("ch5_udr_trades_box", "UDR-TRADES (box)", "UDR-TRADES", "TRADES"),
-    ("ch5_mart", "MART", "MART", None),
-    ("ch5_udr_mart", "UDR-MART", "UDR-MART", "MART"),
+    ("ch5_mart", "MART (Eq. 7)", "MART", None),
+    ("ch5_udr_mart_box", "UDR-MART (Eq. 7, box)", "UDR-MART", "MART (Eq. 7)"),
+    ("ch5_mart_original", "MART (Wang et al.)", "MART", None),
+    ("ch5_udr_mart_original_box", "UDR-MART (Wang et al., box)", "UDR-MART", "MART (Wang et al.)"),
     ("ch5_wrm", "WRM", "WRM", None),
 )
 # spec thesis_ch5_6.md Sec. 8: Table 1 (MNIST: Nat, PGD-200, AA, B&B) and Table 2 (PGD-200 at eps).

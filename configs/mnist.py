@@ -276,7 +276,7 @@ TABLE4_TEACHER = "workdirs/mnist_natural_labeled"
 SRT_TABLE4 = common.merge(
     SRT_PIXEL,
     dict(
-        # The data steps on the unlabeled pool (advjax.experiment.training.unlabeled_data).
+        # The data steps on the unlabeled pool (advjax.experiment.unlabeled.unlabeled_data).
         data=dict(num_unlabeled=0, pseudo_labels_from="", unlabeled_fraction=0.0),
         validation=dict(attack=dict(name="pgd", eps=TABLE4_EPS, step_size=0.01, steps=20)),
         evaluate=dict(suite="clean,fgsm,pgd40,mifgsm", eps=str(TABLE4_EPS), step_size=0.01),

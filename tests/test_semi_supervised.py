@@ -23,11 +23,8 @@ from advjax.data.pseudo_labels import (
     subsample_unlabeled,
 )
 from advjax.defenses.core import ADVERSARY_KEY
-from advjax.experiment import (
-    load_splits,
-    train_and_evaluate,
-    training,
-)
+from advjax.experiment import load_splits, train_and_evaluate, training
+from advjax.experiment.unlabeled import unlabeled_data
 from advjax.models import make_model_fn
 from configs import mnist
 from tests.train_configs import tiny_config
@@ -346,7 +343,7 @@ def test_table4_configs_train_and_never_read_the_unlabeled_labels(
             train_and_evaluate(config, str(tmp_path / "refused"))
         config.data.pseudo_labels_from = ""
     if variant == "rst":  # the unlabeled pool is labelled by the teacher's argmax
-        train = training.unlabeled_data(config, load_splits(config)[0])
+        train = unlabeled_data(config, load_splits(config)[0])
         assert isinstance(train, PseudoLabeledDataset) and train.num_pseudo == 64
         x = train.images[train.pseudo].astype(np.float32) / np.float32(255.0)
         logits = make_model_fn(Linear())(teacher[1], jnp.asarray(x))
@@ -367,13 +364,13 @@ def test_teacher_must_have_seen_only_the_labeled_subset(teacher, tmp_path, monke
     train, _ = load_splits(config)
     config.seed = 1  # another labeled subset: the teacher read labels this run may not
     with pytest.raises(ValueError, match="trained on other labels"):
-        training.unlabeled_data(config, train)
+        unlabeled_data(config, train)
     config.seed = 0
     config.data.pseudo_labels_from = str(tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="natural_labeled"):
-        training.unlabeled_data(config, train)
+        unlabeled_data(config, train)
     config.data.update(pseudo_labels_from="", num_unlabeled=16)
-    assert len(training.unlabeled_data(config, train)) == 48  # 32 labeled + 16 unlabeled
+    assert len(unlabeled_data(config, train)) == 48  # 32 labeled + 16 unlabeled
     for variant in ("natural_labeled", "uat", "rst", "srt_table4"):  # SRT Table 4, App. E
         c = mnist.get_config(variant)
         assert (c.model.name, c.data.num_labeled, c.evaluate.eps) == ("mnist_cnn4", 10_000, "0.3")
