@@ -170,7 +170,7 @@ def markdown(rows: dict) -> str:
             continue
         t_gain = "-"
         if base_label is not None:
-            base = THESIS_TABLE2[base_label]
+            base = THESIS_TABLE2[THESIS_LABEL[base_label]]
             t_gain = f"{sum(a - b for a, b in zip(thesis, base, strict=True)) / len(EPS):+.2f}"
         lines.append(
             "| *thesis* | " + " | ".join(f"*{v:.1f}*" for v in thesis) + f" | *{t_gain}* |"
