@@ -5,6 +5,9 @@ Factories share one vocabulary: ``eps`` (budget; ``eps_flow``/``eps_affine``, ``
 tries), then keyword-only options such as ``norm``, ``loss``, ``restarts``, ``num_targets`` and
 ``targeted`` (``y`` are then the targets). ``build(spec)`` makes any attack from a nested dict
 ``{"name": <key of ATTACKS>, **hyperparameters}`` (``advjax.attacks.registry``).
+
+Black-box attacks use forward passes only: score-based ones read the logits (``square``,
+``spsa``), decision-based ones the predicted label alone (``rays``, ``hop_skip_jump``).
 """
 
 from advjax.attacks.adaptive_boundary import FAB, fab, fab_t
@@ -32,6 +35,7 @@ from advjax.attacks.gradient import (
     pgd,
     rfgsm,
 )
+from advjax.attacks.hop_skip_jump import HopSkipJump, hop_skip_jump
 from advjax.attacks.minimum_norm import cw_l2, ddn
 from advjax.attacks.multitarget import MultiTargeted, multitargeted, untargeted
 from advjax.attacks.ray_search import RayS, rays
@@ -50,6 +54,7 @@ from advjax.attacks.spatial import (
     rt_pgd,
     worst_of_k,
 )
+from advjax.attacks.spsa import SPSA, spsa
 from advjax.attacks.square_search import Square, square
 from advjax.attacks.surrogate import Transfer, transfer
 from advjax.attacks.udr import UDRAttack, udr
@@ -74,10 +79,12 @@ __all__ = [
     "APGDTargeted",
     "BrendelBethge",
     "FAB",
+    "HopSkipJump",
     "JSMA",
     "MultiTargeted",
     "Pointwise",
     "RayS",
+    "SPSA",
     "Square",
     "Transfer",
     "apgd",
@@ -88,11 +95,13 @@ __all__ = [
     "ddn",
     "fab",
     "fab_t",
+    "hop_skip_jump",
     "jsma",
     "multitargeted",
     "pointwise",
     "untargeted",
     "rays",
+    "spsa",
     "square",
     "udr",
     "transfer",

@@ -27,6 +27,7 @@ from advjax.attacks.base import Attack
 from advjax.attacks.brendel_bethge import brendel_bethge
 from advjax.attacks.combinators import cascade, restarts, sequence, worst_case
 from advjax.attacks.gradient import bim, fgsm, fgsm_rs, mifgsm, pgd, rfgsm
+from advjax.attacks.hop_skip_jump import hop_skip_jump
 from advjax.attacks.minimum_norm import cw_l2, ddn
 from advjax.attacks.multitarget import multitargeted, untargeted
 from advjax.attacks.ray_search import rays
@@ -40,6 +41,7 @@ from advjax.attacks.spatial import (
     rt_pgd,
     worst_of_k,
 )
+from advjax.attacks.spsa import spsa
 from advjax.attacks.square_search import square
 from advjax.attacks.surrogate import transfer
 from advjax.attacks.udr import udr
@@ -62,7 +64,9 @@ ATTACKS: dict[str, Callable[..., Attack]] = {
     "fab": fab,
     "fab_t": fab_t,
     "square": square,
+    "spsa": spsa,
     "rays": rays,
+    "hop_skip_jump": hop_skip_jump,
     "cw_l2": cw_l2,
     "ddn": ddn,
     "brendel_bethge": brendel_bethge,
