@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from advjax.attacks import Attack
 from advjax.attacks.base import check_nonnegative
 from advjax.defenses.core import CLEAN, Adversary, Defense, Views, Weight, check_choice
-from advjax.defenses.published import trades_jac
+from advjax.defenses.published import trades
 from advjax.defenses.terms import CrossEntropy, kl_attack_loss, kl_term
 
 UAT_VARIANTS = ("plus_plus", "ot", "ft")
@@ -132,14 +132,5 @@ def rst(
     ``beta = 6`` is RST's (CIFAR-10; the SRT document uses TRADES's 1 on MNIST). The teacher and
     the fraction of pseudo-labeled rows per batch are data options (module docstring).
     """
-    return trades_jac(
-        attack,
-        alpha=0.0,
-        beta=beta,
-        kl_base=kl_base,
-        eps_warmup_steps=eps_warmup_steps,
-        num_projections=num_projections,
-        monitor_jacobian=monitor_jacobian,
-        scale_weights_with_eps=False,
-        name="rst",
-    )
+    base = trades(attack, beta, kl_base, eps_warmup_steps, num_projections, monitor_jacobian)
+    return dataclasses.replace(base, name="rst")
