@@ -57,15 +57,16 @@ BASE = dict(
         every_epochs=1,
         metric="val_robust_accuracy",
     ),
-    # `python -m launch.evaluate`: names from advjax.eval.presets, comma-separated.
+    # `python -m launch.evaluate`: names from advjax.eval.presets, comma-separated. PGD-20 and
+    # AutoAttack's two gradient attacks (APGD-CE, APGD-T) on the first 1,000 test images.
     evaluate=dict(
-        suite="clean,pgd20",
+        suite="clean,pgd20,apgd_ce,apgd_t",
         norm="linf",
         eps="8/255",  # exact fraction, not 0.031
         step_size=2 / 255,
         restarts=1,
         batch_size=500,
-        num_examples=0,
+        num_examples=1000,  # 0: the whole test set
         checkpoint="best",
         checks=True,
         check_examples=200,
@@ -98,7 +99,7 @@ CH5 = dict(
         weight_decay=3.5e-3,
     ),
     validation=dict(attack=dict(name="pgd", eps=EPS, step_size=2 / 255, steps=20)),
-    evaluate=dict(suite="clean,pgd200,aa_standard,brendel_bethge"),
+    evaluate=dict(num_examples=0, suite="clean,pgd200,aa_standard,brendel_bethge"),
 )
 
 
@@ -115,7 +116,7 @@ CH5_WRN = dict(
     model=dict(name="wide_resnet", depth=34, width=10),
     train=dict(epochs=200, schedule="piecewise", learning_rate=0.1, weight_decay=5e-4),
     validation=dict(attack=dict(name="pgd", eps=EPS, step_size=2 / 255, steps=20)),
-    evaluate=dict(suite="clean,pgd100,aa_standard"),
+    evaluate=dict(num_examples=0, suite="clean,pgd100,aa_standard"),
 )
 
 

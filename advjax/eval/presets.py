@@ -107,6 +107,9 @@ class Entry:
     protocol: dict[str, Any]
     kind: str = "white-box"  # white-box, black-box, hard-label, transfer, clean
     bounded: bool = True  # x_adv must lie in the lp ball of (norm, eps) (checked per point)
+    # Variables the attack takes beside the target's: a transfer attack runs on
+    # ``(target_variables, attack_variables)`` (``transfer_entry``). Arrays: not compared.
+    attack_variables: Any = dataclasses.field(default=None, compare=False, repr=False)
 
 
 # ---------------------------------------------------------------------------------- the presets
@@ -178,6 +181,14 @@ PRESETS: dict[str, Preset] = {
     "fab_t": Preset("FAB-T", {"name": "fab_t", **_LP, "num_targets": "$num_targets"}),
     "square": Preset("Square", {"name": "square", **_LP}, kind="black-box"),
     "rays": Preset("RayS", {"name": "rays", "eps": "$eps"}, kind="hard-label", norms=("linf",)),
+    # SPSA as the thesis's CCE tables run it (spec thesis_ch4 A.10: cleverhans, 50 steps).
+    "spsa": Preset(
+        "SPSA", {"name": "spsa", "eps": "$eps", "steps": 50}, kind="black-box", norms=("linf",)
+    ),
+    # Decision-based (thesis Sec. 3.9): foolbox's HopSkipJump defaults, success within eps.
+    "hop_skip_jump": Preset(
+        "HopSkipJump", {"name": "hop_skip_jump", **_LP}, kind="hard-label", norms=("l2", "linf")
+    ),
     # B&B as the UDR document runs it (Table 1, after Tramer et al. 2020): 200 steps from PGD-20
     # with step eps/2 started at the whole-box budget (a start at eps could not go below it).
     "brendel_bethge": Preset("B&B", {"name": "brendel_bethge", **_LP}),
@@ -321,6 +332,34 @@ def _from_preset(
         protocol["components"] = _components(spec, attack)
     protocol["spec"] = spec
     return Entry(name, p.label, attack, protocol, kind=p.kind, bounded=p.bounded)
+
+
+def transfer_entry(
+    surrogate_fn,
+    surrogate_variables: Any,
+    settings: ThreatSettings,
+    *,
+    steps: int = 1000,
+    surrogate: str = "surrogate",
+) -> Entry:
+    """The ATLAS document's black-box column (Sec. 5): PGD-``steps`` crafted on a separately
+    trained surrogate model (``surrogate_fn``, ``surrogate_variables``) within the suite's ball,
+    then evaluated on the target. ``surrogate`` names the surrogate in the report (and in the
+    evaluation state's fingerprint, so a resumed run cannot mix surrogates)."""
+    spec = fill(pgd_spec(steps), settings)
+    inner = attacks.build(spec)
+    attack = attacks.transfer(inner, surrogate_fn)
+    protocol = {**_lp_protocol(spec["attack"], settings), **describe(inner)}
+    protocol.update(type=f"Transfer({protocol['type']})", surrogate=surrogate)
+    protocol["spec"] = {"name": "transfer", "attack": spec, "surrogate": surrogate}
+    return Entry(
+        "transfer",
+        f"Black box (PGD-{steps} on {surrogate})",
+        attack,
+        protocol,
+        kind="transfer",
+        attack_variables=surrogate_variables,
+    )
 
 
 def with_threat_defaults(spec: dict[str, Any], settings: ThreatSettings) -> dict[str, Any]:

@@ -107,6 +107,7 @@ def _entry_outcome(
     batch: dict[str, jax.Array],
     key: jax.Array,
     offset: jax.Array,
+    attack_variables: Any,
     *,
     model_fn,
     attack,
@@ -125,7 +126,9 @@ def _entry_outcome(
         x_adv = x
     else:
         keys = jax.vmap(jax.random.fold_in, (None, 0))(key, index)
-        x_adv = attack(model_fn, variables, x, y, keys)
+        # A transfer attack takes (target, surrogate) variables (Entry.attack_variables).
+        pair = variables if attack_variables is None else (variables, attack_variables)
+        x_adv = attack(model_fn, pair, x, y, keys)
         axes = tuple(range(1, x.ndim))
         in_bounds = (jnp.min(x_adv, axis=axes) >= 0.0) & (jnp.max(x_adv, axis=axes) <= 1.0)
         if norm is not None:
@@ -147,7 +150,7 @@ def _sharded_outcome(model_fn, attack, norm, eps, mesh: Mesh, stats_eps: float =
     mapped = jax.shard_map(
         fn,
         mesh=mesh,
-        in_specs=(P(), P(AXIS), P(), P()),
+        in_specs=(P(), P(AXIS), P(), P(), P()),
         out_specs=(P(), P(), P()),
         check_vma=False,
     )
@@ -272,6 +275,7 @@ def evaluate_suite(
     }
     state = _State(state_path, fingerprint, names, n, total)
     variables = replicate(variables, mesh)
+    attack_variables = {e.name: replicate(e.attack_variables, mesh) for e in entries}
     steps = {
         e.name: _sharded_outcome(
             model_fn,
@@ -297,7 +301,13 @@ def evaluate_suite(
         for e in entries:
             bar.set_postfix_str(e.label)
             correct, in_bounds, stats = jax.device_get(
-                steps[e.name](variables, sharded, _entry_key(key, e.name), jnp.int32(lo))
+                steps[e.name](
+                    variables,
+                    sharded,
+                    _entry_key(key, e.name),
+                    jnp.int32(lo),
+                    attack_variables[e.name],
+                )
             )
             state.correct[e.name][lo:hi] = np.asarray(correct)[: hi - lo]
             state.in_bounds[e.name][lo:hi] = np.asarray(in_bounds)[: hi - lo]
