@@ -64,9 +64,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     console.configure()
     if _WORKDIR.value is None and _CHECKPOINT.value is None:
-        raise app.UsageError("give --workdir=TRAINING_WORKDIR or --checkpoint=SAVED_MODEL_DIR")
+        raise ValueError("give --workdir=TRAINING_WORKDIR or --checkpoint=SAVED_MODEL_DIR")
     if _SURROGATE_STEPS.value < 1:
-        raise app.UsageError(f"--surrogate_steps must be >= 1, got {_SURROGATE_STEPS.value}")
+        raise ValueError(f"--surrogate_steps must be >= 1, got {_SURROGATE_STEPS.value}")
     if _WORKDIR.value is None:
         rep = evaluate_saved_model(
             _CHECKPOINT.value,
@@ -84,7 +84,7 @@ def main(argv):
         )
     else:
         if _DATASET.value is not None:
-            raise app.UsageError("--dataset is for saved models; a workdir's config names its data")
+            raise ValueError("--dataset is for saved models; a workdir's config names its data")
         rep = evaluate_workdir(
             _WORKDIR.value,
             _CHECKPOINT.value,

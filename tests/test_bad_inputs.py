@@ -187,6 +187,10 @@ def _launch_cases(workdir: Path) -> dict[str, tuple[list[str], int, str]]:
         "evaluate_bad_eps": ([*evaluate, "--eps=8/0"], 1, "8/0"),
         "evaluate_bad_checkpoint": ([*evaluate, "--checkpoint=newest"], 1, "newest"),
         "evaluate_bad_norm": ([*evaluate, "--norm=l3"], 2, "l3"),
+        "evaluate_no_model": (["launch.evaluate"], 1, "--workdir=.*or --checkpoint=SAVED_MODEL"),
+        "evaluate_checkpoint_not_a_saved_model": (
+            ["launch.evaluate", f"--checkpoint={workdir}_missing"], 1, "not an advjax saved model",
+        ),
         "train_config_typo": (
             [*train, "--config.train.epoch=1"], 2, 'field .epoch.*Did you mean "epochs"',
         ),
