@@ -13,7 +13,7 @@ Black-box attacks use forward passes only: score-based ones read the logits (``s
 from advjax.attacks.adaptive_boundary import FAB, fab, fab_t
 from advjax.attacks.auto_attack import autoattack
 from advjax.attacks.autopgd import APGD, APGDTargeted, apgd, apgd_t
-from advjax.attacks.base import Attack, AttackResult, split_keys, success
+from advjax.attacks.base import Attack, AttackResult, QueryAttack, split_keys, success
 from advjax.attacks.brendel_bethge import BrendelBethge, brendel_bethge
 from advjax.attacks.combinators import (
     Cascade,
@@ -107,6 +107,7 @@ __all__ = [
     "transfer",
     "ATTACKS",
     "Attack",
+    "QueryAttack",
     "AttackResult",
     "Cascade",
     "GradientAttack",

@@ -174,3 +174,19 @@ class Attack:
         self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
     ) -> jax.Array:
         return self.run(model_fn, variables, x, y, key).x_adv
+
+
+class QueryAttack(Attack):
+    """Base of the query-based attacks (Square, RayS, SPSA, HopSkipJump): subclasses implement
+    ``run_with_queries``, ``run`` plus the per-example number of model queries (int32 ``[B]``)."""
+
+    @validated
+    def run(
+        self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
+    ) -> AttackResult:
+        return self.run_with_queries(model_fn, variables, x, y, key)[0]
+
+    def run_with_queries(
+        self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
+    ) -> tuple[AttackResult, jax.Array]:
+        raise NotImplementedError

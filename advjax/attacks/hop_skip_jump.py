@@ -60,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advjax.attacks.base import AttackResult, ModelFn, validated
+from advjax.attacks.base import AttackResult, ModelFn, QueryAttack, validated
 from advjax.attacks.minimum_norm import (
     MinimumNormAttack,
     check_eps,
@@ -105,7 +105,7 @@ def _stream(seeds: jax.Array, counter: jax.Array, shape: tuple[int, ...], dtype)
 
 
 @dataclasses.dataclass(frozen=True)
-class HopSkipJump(MinimumNormAttack):
+class HopSkipJump(MinimumNormAttack, QueryAttack):
     """HopSkipJump, L2 or Linf (see the module docstring).
 
     Attributes:
@@ -147,12 +147,6 @@ class HopSkipJump(MinimumNormAttack):
         if not self.gamma > 0:
             raise ValueError(f"gamma must be > 0, got {self.gamma}")
         check_eps(self.eps)
-
-    @validated
-    def run(
-        self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
-    ) -> AttackResult:
-        return self.run_with_queries(model_fn, variables, x, y, key)[0]
 
     @validated
     def run_with_queries(

@@ -43,9 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax.attacks.base import (
-    Attack,
     AttackResult,
     ModelFn,
+    QueryAttack,
     check_nonnegative,
     is_label_vector,
     validated,
@@ -58,7 +58,7 @@ def _is_adversarial(logits: jax.Array, y: jax.Array, targeted: bool) -> jax.Arra
 
 
 @dataclasses.dataclass(frozen=True)
-class RayS(Attack):
+class RayS(QueryAttack):
     """RayS hard-label Linf attack (Chen & Gu 2020, Alg. 1-3).
 
     Attributes:
@@ -83,12 +83,6 @@ class RayS(Attack):
 
     def scaled(self, factor: Any) -> RayS:
         return dataclasses.replace(self, eps=self.eps * factor)
-
-    @validated
-    def run(
-        self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
-    ) -> AttackResult:
-        return self.run_with_queries(model_fn, variables, x, y, key)[0]
 
     @validated
     def run_with_queries(

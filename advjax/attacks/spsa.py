@@ -58,9 +58,9 @@ import optax
 
 from advjax import losses
 from advjax.attacks.base import (
-    Attack,
     AttackResult,
     ModelFn,
+    QueryAttack,
     better,
     check_nonnegative,
     is_label_vector,
@@ -105,7 +105,7 @@ def spsa_gradient(
 
 
 @dataclasses.dataclass(frozen=True)
-class SPSA(Attack):
+class SPSA(QueryAttack):
     """SPSA with Adam, Linf (see the module docstring).
 
     Attributes:
@@ -146,12 +146,6 @@ class SPSA(Attack):
 
     def scaled(self, factor: Any) -> SPSA:
         return dataclasses.replace(self, eps=self.eps * factor, step_size=self.step_size * factor)
-
-    @validated
-    def run(
-        self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
-    ) -> AttackResult:
-        return self.run_with_queries(model_fn, variables, x, y, key)[0]
 
     @validated
     def run_with_queries(

@@ -58,9 +58,9 @@ import numpy as np
 
 from advjax import losses
 from advjax.attacks.base import (
-    Attack,
     AttackResult,
     ModelFn,
+    QueryAttack,
     better,
     check_nonnegative,
     is_label_vector,
@@ -198,7 +198,7 @@ def _l2_norm(v: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class Square(Attack):
+class Square(QueryAttack):
     """Square attack (Andriushchenko et al. 2020, Alg. 1-3): score-based random search.
 
     Attributes:
@@ -248,12 +248,6 @@ class Square(Attack):
 
     def scaled(self, factor: Any) -> Square:
         return dataclasses.replace(self, eps=self.eps * factor)
-
-    @validated
-    def run(
-        self, model_fn: ModelFn, variables: Any, x: jax.Array, y: Any, key: jax.Array
-    ) -> AttackResult:
-        return self.run_with_queries(model_fn, variables, x, y, key)[0]
 
     @validated
     def run_with_queries(
