@@ -70,7 +70,7 @@ from advjax.attacks.minimum_norm import (
     is_adversarial,
     per_example,
 )
-from advjax.attacks.square_search import _INIT_SALT, _restart_seed, _step_bits
+from advjax.attacks.random_bits import INIT_SALT, restart_seed, step_bits
 from advjax.threats.lp import bisect, lp_norm
 
 HSJ_NORMS = ("l2", "linf")
@@ -100,7 +100,7 @@ def _stream(seeds: jax.Array, counter: jax.Array, shape: tuple[int, ...], dtype)
     """Per-example uniform ``(0, 1)`` values ``[B, *shape]`` of stream ``counter``."""
     size = math.prod(shape)
     counter = jnp.asarray(counter).astype(jnp.uint32)
-    words = jax.vmap(lambda s: _step_bits(_restart_seed(s, counter), 0, size))(seeds)
+    words = jax.vmap(lambda s: step_bits(restart_seed(s, counter), 0, size))(seeds)
     return _unit_words(words, dtype).reshape(seeds.shape[0], *shape)
 
 
@@ -182,7 +182,7 @@ class HopSkipJump(MinimumNormAttack, QueryAttack):
             seeds = jax.random.bits(key, (batch, 2))
         else:
             seeds = jax.vmap(lambda k: jax.random.bits(k, (2,)))(key)
-        init_seeds = seeds ^ jnp.asarray(_INIT_SALT, jnp.uint32)
+        init_seeds = seeds ^ jnp.asarray(INIT_SALT, jnp.uint32)
         linf = self.norm == "linf"
         theta = self.gamma / dim**2 if linf else self.gamma / dim**1.5
         halvings = binary_search_halvings(self.norm, dim, self.gamma)

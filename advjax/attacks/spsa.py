@@ -68,7 +68,7 @@ from advjax.attacks.base import (
     validated,
 )
 from advjax.attacks.minimum_norm import check_int, per_example
-from advjax.attacks.square_search import _INIT_SALT, _restart_seed, _signs, _step_bits
+from advjax.attacks.random_bits import INIT_SALT, random_signs, restart_seed, step_bits
 
 SPSA_LOSSES = ("margin", "ce")
 
@@ -96,8 +96,8 @@ def spsa_gradient(
     """
     size = num_samples * math.prod(x.shape[1:])
     counter = jnp.asarray(counter).astype(jnp.uint32)
-    words = jax.vmap(lambda s: _step_bits(_restart_seed(s, counter), 0, size))(seeds)
-    v = _signs(words, x.dtype).reshape(x.shape[0], num_samples, *x.shape[1:])
+    words = jax.vmap(lambda s: step_bits(restart_seed(s, counter), 0, size))(seeds)
+    v = random_signs(words, x.dtype).reshape(x.shape[0], num_samples, *x.shape[1:])
     v = jnp.moveaxis(v, 1, 0)  # [n, B, ...]
     values = loss_fn(jnp.concatenate([x + delta * v, x - delta * v]))  # [2n, B]
     diff = (values[:num_samples] - values[num_samples:]).astype(x.dtype)
@@ -198,8 +198,8 @@ class SPSA(QueryAttack):
         best = (x, score[0], ok[0])
         if self.random_init:
             size = math.prod(x.shape[1:])
-            words = jax.vmap(lambda s: _step_bits(s, 0, size))(
-                seeds ^ jnp.asarray(_INIT_SALT, jnp.uint32)
+            words = jax.vmap(lambda s: step_bits(s, 0, size))(
+                seeds ^ jnp.asarray(INIT_SALT, jnp.uint32)
             )
             unit = (words >> 8).astype(x.dtype) * 2.0**-24  # uniform in [0, 1)
             x0 = project(x + self.eps * (2.0 * unit.reshape(x.shape) - 1.0))

@@ -67,6 +67,7 @@ from advjax.attacks.base import (
     success,
     validated,
 )
+from advjax.attacks.random_bits import INIT_SALT, random_signs, restart_seed, step_bits
 
 SQUARE_NORMS = ("linf", "l2")
 SQUARE_LOSSES = ("margin", "ce")
@@ -74,7 +75,6 @@ SQUARE_LOSSES = ("margin", "ce")
 _P_THRESHOLDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 _NUM_LEVELS = len(_P_THRESHOLDS) + 1
 _MAX_LINF_CHANNELS = 30
-_INIT_SALT = (0x68E31DA4, 0xB5297A4D)  # separates the starting point's stream from the loop's
 
 
 def p_levels(steps: int, rescale: bool = True) -> np.ndarray:
@@ -152,32 +152,6 @@ def _l2_init_maps(height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.n
     return tile_id, plain, transposed
 
 
-def _hash32(v: jax.Array) -> jax.Array:
-    """``lowbias32`` integer hash (C. Wellons): a bijective avalanche mix of uint32 words."""
-    v = v ^ (v >> 16)
-    v = v * jnp.uint32(0x7FEB352D)
-    v = v ^ (v >> 15)
-    v = v * jnp.uint32(0x846CA68B)
-    return v ^ (v >> 16)
-
-
-def _step_bits(seed: jax.Array, i: jax.Array, num_words: int) -> jax.Array:
-    """``num_words`` pseudo-random uint32 words for iteration ``i`` from a 2-word ``seed``.
-
-    A counter-based stream (hash of ``seed`` and the counter ``i * num_words + j``): the seeds come
-    from the attack's JAX key; the cheap hash keeps threefry out of the query loop, whose compile
-    time it would otherwise dominate.
-    """
-    counter = jnp.asarray(i).astype(jnp.uint32) * jnp.uint32(num_words)
-    counter = counter + jnp.arange(num_words, dtype=jnp.uint32)
-    return _hash32(_hash32(counter ^ seed[0]) + seed[1])
-
-
-def _restart_seed(seed: jax.Array, r: jax.Array) -> jax.Array:
-    """The seed of restart ``r`` (restart 0 of any run is the same: restarts nest)."""
-    return _hash32(seed ^ _hash32(r * jnp.uint32(0x9E3779B9) + jnp.uint32(0x632BE5AB)))
-
-
 def _uniform_int(bits: jax.Array, n: jax.Array | int) -> jax.Array:
     """An integer in ``[0, n)`` from 32 random bits (modulo bias below ``n / 2**32``)."""
     return (bits % jnp.asarray(n).astype(jnp.uint32)).astype(jnp.int32)
@@ -186,11 +160,6 @@ def _uniform_int(bits: jax.Array, n: jax.Array | int) -> jax.Array:
 def _bit_vector(word: jax.Array, n: int) -> jax.Array:
     """The ``n`` low bits of an integer word, as a boolean vector."""
     return ((word.astype(jnp.uint32) >> jnp.arange(n, dtype=jnp.uint32)) & 1) == 1
-
-
-def _signs(words: jax.Array, dtype) -> jax.Array:
-    """``±1`` from the low bit of each random word."""
-    return jnp.where((words & 1) == 1, 1.0, -1.0).astype(dtype)
 
 
 def _l2_norm(v: jax.Array) -> jax.Array:
@@ -285,7 +254,7 @@ class Square(QueryAttack):
         def restart(carry, r):
             best, queries = carry
             done = best[2]
-            seeds_r = jax.vmap(_restart_seed, in_axes=(0, None))(seeds, r)
+            seeds_r = jax.vmap(restart_seed, in_axes=(0, None))(seeds, r)
             (x_r, obj_r, ok_r), q_r = self._single_run(model_fn, variables, x, y, seeds_r, done)
             take = ~done & better(ok_r, obj_r, best[2], best[1])
             best = (
@@ -322,8 +291,8 @@ class Square(QueryAttack):
         side_table = square_sides(self.norm, self.p_init, height, width)
         sides = jnp.asarray(side_table)
         objective = self._objective(y)
-        init_seeds = seeds ^ jnp.asarray(_INIT_SALT, jnp.uint32)
-        init_words = jax.vmap(_step_bits, in_axes=(0, None, None))(
+        init_seeds = seeds ^ jnp.asarray(INIT_SALT, jnp.uint32)
+        init_words = jax.vmap(step_bits, in_axes=(0, None, None))(
             init_seeds, jnp.asarray(0, jnp.uint32), self._num_init_words(x.shape)
         )
 
@@ -355,7 +324,7 @@ class Square(QueryAttack):
             i, x_best, obj, ok, queries = state
             active = ~ok & ~done
             level = levels[i]
-            bits = jax.vmap(_step_bits, in_axes=(0, None, None))(seeds, i, num_words)
+            bits = jax.vmap(step_bits, in_axes=(0, None, None))(seeds, i, num_words)
             x_new = jax.vmap(propose, in_axes=(0, 0, 0, None, None))(
                 bits, x, x_best, sides[level], None if table is None else table[level]
             )
@@ -379,7 +348,7 @@ class Square(QueryAttack):
     def _init_linf(self, words: jax.Array, x: jax.Array) -> jax.Array:
         """Vertical stripes: ``x + eps * sign`` with one random sign per column and channel."""
         _, width, channels = x.shape
-        signs = _signs(words.reshape(1, width, channels), x.dtype)
+        signs = random_signs(words.reshape(1, width, channels), x.dtype)
         return jnp.clip(x + self.eps * signs, 0.0, 1.0)
 
     def _propose_linf(self, bits, x, x_best, s, _table):
@@ -417,7 +386,7 @@ class Square(QueryAttack):
         num_tiles = int(tile_id.max()) + 1
         words = words.reshape(num_tiles, 1 + channels)
         coin = (words[:, 0] & 1) == 1
-        signs = _signs(words[:, 1:], x.dtype)
+        signs = random_signs(words[:, 1:], x.dtype)
         ids = jnp.asarray(np.maximum(tile_id, 0))
         pattern = jnp.where(coin[ids], jnp.asarray(transposed), jnp.asarray(plain)).astype(x.dtype)
         delta = jnp.where(jnp.asarray(tile_id >= 0)[..., None], pattern[..., None] * signs[ids], 0)
@@ -443,7 +412,7 @@ class Square(QueryAttack):
         a = jnp.clip(jnp.where(coin, cols, rows), 0, size - 1)
         b = jnp.clip(jnp.where(coin, rows, cols), 0, size - 1)
         pattern = jnp.where(win1, pattern_table[a, b], 0.0).astype(x.dtype)
-        signs = _signs(bits[5:], x.dtype)
+        signs = random_signs(bits[5:], x.dtype)
 
         delta = x_best - x
         norm_window1 = jnp.sqrt(jnp.sum(jnp.where(w1, delta**2, 0.0), axis=(0, 1)))  # [C]
