@@ -55,11 +55,17 @@ from advjax.models.normalize import CIFAR10_MEAN, CIFAR10_STD, normalize
 
 
 class BasicBlock(nn.Module):
-    """Post-activation basic block (He et al. 2016a): relu(bn(conv(relu(bn(conv(x))))) + s(x))."""
+    """Post-activation basic block (He et al. 2016a): relu(bn(conv(relu(bn(conv(x))))) + s(x)).
+
+    ``s`` is ``x`` or, when the shape changes, a strided 1x1 convolution: with a bias
+    (ResNet-20), or with ``projection_bn`` followed by BatchNorm (He et al. 2016a option B;
+    ResNet-18, kuangliu/pytorch-cifar ``BasicBlock``).
+    """
 
     features: int
     strides: int = 1
     bn_axis_name: str | None = None
+    projection_bn: bool = False
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -69,7 +75,11 @@ class BasicBlock(nn.Module):
         y = conv(self.features, 3, 1, name="conv2")(y)
         y = batch_norm(train, self.bn_axis_name, name="bn2")(y)
         if self.strides != 1 or x.shape[-1] != self.features:
-            shortcut = conv(self.features, 1, self.strides, name="shortcut", use_bias=True)(x)
+            if self.projection_bn:
+                shortcut = conv(self.features, 1, self.strides, name="shortcut_conv")(x)
+                shortcut = batch_norm(train, self.bn_axis_name, name="shortcut_bn")(shortcut)
+            else:
+                shortcut = conv(self.features, 1, self.strides, name="shortcut", use_bias=True)(x)
         return nn.relu(y + shortcut)
 
 
@@ -187,31 +197,6 @@ class PreActResNet18(nn.Module):
         return nn.Dense(self.num_classes, name="fc")(features)
 
 
-class ProjectionBlock(nn.Module):
-    """Post-activation basic block with a BatchNorm projection shortcut (ResNet-18's block).
-
-    ``relu(bn2(conv2(relu(bn1(conv1(x))))) + s)``, where ``s`` is ``x`` or, when the shape
-    changes, ``shortcut_bn(shortcut_conv(x))`` with a 1x1 strided convolution (He et al. 2016a,
-    option B; kuangliu/pytorch-cifar ``BasicBlock``).
-    """
-
-    features: int
-    strides: int = 1
-    bn_axis_name: str | None = None
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        shortcut = x
-        y = conv(self.features, 3, self.strides, name="conv1")(x)
-        y = nn.relu(batch_norm(train, self.bn_axis_name, name="bn1")(y))
-        y = conv(self.features, 3, 1, name="conv2")(y)
-        y = batch_norm(train, self.bn_axis_name, name="bn2")(y)
-        if self.strides != 1 or x.shape[-1] != self.features:
-            shortcut = conv(self.features, 1, self.strides, name="shortcut_conv")(x)
-            shortcut = batch_norm(train, self.bn_axis_name, name="shortcut_bn")(shortcut)
-        return nn.relu(y + shortcut)
-
-
 class ResNet18(nn.Module):
     """CIFAR ResNet-18 (kuangliu/pytorch-cifar, RobustBench ``ResNet18``).
 
@@ -239,8 +224,12 @@ class ResNet18(nn.Module):
         for stage, width in enumerate((64, 128, 256, 512)):
             for block in range(2):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = ProjectionBlock(
-                    width, strides, self.bn_axis_name, name=f"stage{stage + 1}_block{block + 1}"
+                x = BasicBlock(
+                    width,
+                    strides,
+                    self.bn_axis_name,
+                    projection_bn=True,
+                    name=f"stage{stage + 1}_block{block + 1}",
                 )(x, train)
             self.sow(FEATURE_COLLECTION, f"stage{stage + 1}", x)
         self.sow(FEATURE_COLLECTION, "last_conv", x)
