@@ -132,6 +132,24 @@ def _towards_hyperplane(p, g, target, lower, upper, r, iters):
     return p + towards(jnp.where(corner, _LOG_HI, log_tau))
 
 
+def _along_multiplier_path(at, ends, p, g, target, lower, upper, r, iters):
+    """The L2 and L1 steps' solution in ``d``: ``at(u)`` are the Lagrangian's minimisers over
+    ``C``, from ``ends[0]`` (the norm's own minimiser, trust region ignored) to ``ends[1]`` (the
+    point of ``C`` closest to ``p``), with ``||at(u) - p||`` monotone along the way. Feasible iff
+    the closest point of ``C`` lies within ``r``; then ``at(ends[0])`` when that lies within
+    ``r``, else ``at(u)`` at the bisected ``u`` where the path enters the trust region; where
+    infeasible, the largest step towards the hyperplane."""
+    inner = (3 * iters) // 2
+    closest, reachable = _hyperplane_point(p, g, target, lower, upper, inner)
+    feasible = reachable & (jnp.linalg.norm(closest - p) <= r)
+    d_free = at(ends[0])
+    # bisect's ends: the infeasible one first
+    _, u = bisect(lambda u: jnp.linalg.norm(at(u) - p) <= r, ends[0], ends[1], iters)
+    d_best = jnp.where(jnp.linalg.norm(d_free - p) <= r, d_free, at(u))
+    d_reach = _towards_hyperplane(p, g, target, lower, upper, r, inner)
+    return jnp.where(feasible, d_best, d_reach)
+
+
 def solve_linf_step(
     x0: jax.Array, x: jax.Array, b: jax.Array, c: jax.Array, r: jax.Array, iters: int = 20
 ) -> jax.Array:
@@ -186,15 +204,8 @@ def solve_l2_step(
     def at(s):
         return _hyperplane_point(s * p, g, target, lower, upper, inner)[0]
 
-    closest, reachable = _hyperplane_point(p, g, target, lower, upper, inner)
-    feasible = reachable & (jnp.linalg.norm(closest - p) <= r)
-    d_min = at(jnp.zeros_like(r))
-    _, s = bisect(
-        lambda s: jnp.linalg.norm(at(s) - p) <= r, jnp.zeros_like(r), jnp.ones_like(r), iters
-    )
-    d_best = jnp.where(jnp.linalg.norm(d_min - p) <= r, d_min, at(s))
-    d_reach = _towards_hyperplane(p, g, target, lower, upper, r, inner)
-    d = jnp.where(feasible, d_best, d_reach)
+    ends = jnp.zeros_like(r), jnp.ones_like(r)
+    d = _along_multiplier_path(at, ends, p, g, target, lower, upper, r, iters)
     return jnp.where(b_norm > 0, d - p, jnp.zeros_like(p))
 
 
@@ -223,17 +234,8 @@ def solve_l1_step(
     def at(log_tau):
         return _hyperplane_point(p, g, target, lower, upper, inner, jnp.exp(log_tau))[0]
 
-    closest, reachable = _hyperplane_point(p, g, target, lower, upper, inner)
-    feasible = reachable & (jnp.linalg.norm(closest - p) <= r)
-    log_tau_max = jnp.full_like(r, _L1_LOG_TAU_MAX)
-    d_sparse = at(log_tau_max)
-    # bisect's ends: the infeasible one first (here the large threshold)
-    _, log_tau = bisect(
-        lambda u: jnp.linalg.norm(at(u) - p) <= r, log_tau_max, jnp.full_like(r, _LOG_LO), iters
-    )
-    d_best = jnp.where(jnp.linalg.norm(d_sparse - p) <= r, d_sparse, at(log_tau))
-    d_reach = _towards_hyperplane(p, g, target, lower, upper, r, inner)
-    d = jnp.where(feasible, d_best, d_reach)
+    ends = jnp.full_like(r, _L1_LOG_TAU_MAX), jnp.full_like(r, _LOG_LO)
+    d = _along_multiplier_path(at, ends, p, g, target, lower, upper, r, iters)
     return jnp.where(b_norm > 0, d - p, jnp.zeros_like(p))
 
 
