@@ -63,8 +63,9 @@ start, APGD-CE and APGD-T, eps 0.3; other attacks with ``--suite=clean,pgd40,aa_
 Expected on a 2-core CPU (see results/mnist.md for the measured figures):
   natural  3 epochs, about 1 min/epoch: >= 99% clean.
   fast_at  10 epochs, about 15 s/epoch: >= 98.5% clean, >= 88% PGD-40 on the 10k test set
-           (measured 98.95 / 90.24); on the first 1,000 points 99.1% clean and 53.5% under the
-           default suite's worst case (AutoAttack standard: 47.3%).
+           (measured 98.95 / 90.24 on a Xeon VM, 99.04 / 88.95 on an EPYC VM); on the first
+           1,000 points 99.1% clean and 53.5% under the default suite's worst case (EPYC;
+           AutoAttack standard: 45.3%).
   pgd_at   PGD-20 (step 0.01) adversaries on mnist_small: 21 gradient evaluations a step, not 2.
   adv, trades, atlas  stopped by the plateau rule after 35-54 epochs, 30-60 s/epoch; one-step
            ATLAS 98.6% clean / 77.1% Un-T on 1,000 test points, ADV 98.6 / 60.8
