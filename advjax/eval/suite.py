@@ -248,7 +248,9 @@ def evaluate_suite(
     Args:
       model_fn: hashable ``model_fn(variables, x) -> logits`` (``models.make_model_fn``).
       attacks: preset names (``advjax.eval.presets.PRESETS``, ``pgd<N>``), attack dicts, or
-        ``Entry`` objects. ``"clean"`` is added first if missing.
+        ``Entry`` objects (e.g. ``presets.transfer_entry``: an entry's ``attack_variables``, the
+        surrogate's, go to its attack as ``(variables, attack_variables)``). ``"clean"`` is
+        added first if missing.
       settings: the threat model (norm, exact eps) and defaults shared by the presets.
       state_path: ``.npz`` file to save progress to and resume from.
       stop_after_batches: stop after this many newly evaluated batches (to test resumption).
