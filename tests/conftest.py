@@ -37,6 +37,25 @@ def linear_model_fn(variables, x):
     return x.reshape(x.shape[0], -1) @ variables["w"] + variables["b"]
 
 
+def linear_toy_problem(seed: int, n: int, pixel_range: tuple[int, int], scale: float, every: int):
+    """A toy 8x8 ``Dataset`` of ``n`` images with pixels in ``pixel_range`` (uint8) labelled by
+    a random linear model (weights ``scale`` N(0, 1)), every ``every``-th label changed (clean
+    mistakes); returns ``(dataset, variables)``."""
+    from advjax.data import Dataset
+
+    rng = np.random.default_rng(seed)
+    images = rng.integers(*pixel_range, size=(n, 8, 8, 1), dtype=np.uint8)
+    k_w, k_b = jax.random.split(jax.random.key(seed))
+    variables = {
+        "w": jax.random.normal(k_w, (64, 10)) * scale,
+        "b": 0.1 * jax.random.normal(k_b, (10,)),
+    }
+    logits = linear_model_fn(variables, jnp.asarray(images, jnp.float32) / 255.0)
+    labels = np.asarray(jnp.argmax(logits, -1)).astype(np.int32)
+    labels[::every] = (labels[::every] + 1) % 10
+    return Dataset(images, labels, 10, "toy"), variables
+
+
 @pytest.fixture
 def linear_model():
     k_w, k_b = jax.random.split(jax.random.key(0))

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import linear_model_fn
+from conftest import linear_model_fn, linear_toy_problem
 
 from advjax.data import Dataset
 from advjax.eval import benchmark, presets
@@ -34,17 +34,7 @@ EPS = 0.05
 
 @pytest.fixture(scope="module")
 def problem():
-    rng = np.random.default_rng(1)
-    images = rng.integers(60, 196, size=(24, 8, 8, 1), dtype=np.uint8)  # in [0.23, 0.77]
-    k_w, k_b = jax.random.split(jax.random.key(1))
-    variables = {
-        "w": jax.random.normal(k_w, (64, 10)) * 0.2,
-        "b": 0.1 * jax.random.normal(k_b, (10,)),
-    }
-    logits = linear_model_fn(variables, jnp.asarray(images, jnp.float32) / 255.0)
-    labels = np.asarray(jnp.argmax(logits, -1)).astype(np.int32)
-    labels[::6] = (labels[::6] + 1) % 10  # a few clean mistakes
-    return Dataset(images, labels, 10, "toy"), variables
+    return linear_toy_problem(1, 24, (60, 196), 0.2, 6)  # pixels in [0.23, 0.77]
 
 
 def linf_robust(dataset: Dataset, variables, eps: float) -> np.ndarray:

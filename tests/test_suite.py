@@ -8,11 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import linear_model_fn
+from conftest import linear_model_fn, linear_toy_problem
 
 from advjax import attacks
 from advjax.attacks.base import Attack
-from advjax.data import Dataset
 from advjax.eval import presets
 from advjax.eval.presets import ThreatSettings, parse_eps
 from advjax.eval.suite import evaluate_suite
@@ -20,17 +19,7 @@ from advjax.eval.suite import evaluate_suite
 
 @pytest.fixture(scope="module")
 def problem():
-    rng = np.random.default_rng(0)
-    images = rng.integers(40, 215, size=(37, 8, 8, 1), dtype=np.uint8)
-    k_w, k_b = jax.random.split(jax.random.key(0))
-    variables = {
-        "w": jax.random.normal(k_w, (64, 10)) * 0.3,
-        "b": 0.1 * jax.random.normal(k_b, (10,)),
-    }
-    logits = linear_model_fn(variables, jnp.asarray(images, jnp.float32) / 255.0)
-    labels = np.asarray(jnp.argmax(logits, -1)).astype(np.int32)
-    labels[::5] = (labels[::5] + 1) % 10  # a few clean mistakes
-    return Dataset(images, labels, 10, "toy"), variables
+    return linear_toy_problem(0, 37, (40, 215), 0.3, 5)
 
 
 SETTINGS = ThreatSettings(norm="linf", eps=0.05, eps_text="0.05", step_size=0.01)
